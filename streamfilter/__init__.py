@@ -1,0 +1,63 @@
+"""streamfilter: remove listed rows from dataset shards on object storage, streaming.
+
+>>> report = streamfilter.run(["s3://bucket/laion/*.parquet"], output="s3://bucket/clean/",
+...                           blocklist=["s3://bucket/lists/removed.txt"], key="url")
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+
+from ._version import __version__
+from .errors import ShardError, StreamfilterError, UsageError
+from .keys import KeySpec
+from .ledger import Report, ShardReport
+from .spec import JobSpec, build_spec
+
+__all__ = [
+    "JobSpec",
+    "KeySpec",
+    "Report",
+    "ShardError",
+    "ShardReport",
+    "StreamfilterError",
+    "UsageError",
+    "__version__",
+    "arun",
+    "run",
+]
+
+
+async def arun(
+    inputs: list[str] | str, *, quiet: bool = False, verbose: bool = False, **options: Any
+) -> Report:
+    """Filter shards; the options are the CLI's long flags with underscores.
+
+    ``blocklist`` and ``http_header`` take lists, ``key`` a column name, a
+    comma-separated string or a list. Raises :class:`UsageError` for bad options;
+    failed shards are in the returned report.
+    """
+    from .engine import run_job
+    from .progress import Progress
+
+    spec = build_spec({"inputs": [inputs] if isinstance(inputs, str) else list(inputs), **options})
+    progress = Progress(0, live=False) if not quiet else Progress(0, stream=_Null(), live=False)
+    return await run_job(spec, progress=progress, verbose=verbose)
+
+
+def run(inputs: list[str] | str, **options: Any) -> Report:
+    """The blocking form of :func:`arun`, for scripts and notebooks without a running loop."""
+    return anyio.run(lambda: arun(inputs, **options))
+
+
+class _Null:
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False

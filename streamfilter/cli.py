@@ -1,0 +1,85 @@
+"""Command-line parsing only: flags and TOML become a JobSpec, handed to the engine."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+import anyio
+
+from ._version import __version__
+from .errors import StreamfilterError, UsageError
+from .spec import build_spec, load_config
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # usage errors exit 2 with one line, as ours do
+        raise UsageError(f"{message}; see '{self.prog} --help'")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="streamfilter", description="Remove listed rows from dataset shards, streaming.")
+    parser.add_argument("--version", action="version", version=f"streamfilter {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="filter shards against a key list")
+    run.add_argument("inputs", nargs="*", metavar="INPUT", help="object, glob, brace range {00000..00127}, @MANIFEST")
+    run.add_argument("--output", metavar="PREFIX", help="where filtered shards go (names mirror the inputs)")
+    run.add_argument("--blocklist", action="append", metavar="LIST", help="keys: text (.gz/.zst) or FILE.parquet:COL")
+    run.add_argument("--key", metavar="COL[,COL]", help="key column(s); several are joined (default: url)")
+    run.add_argument("--key-separator", metavar="SEP", help="joins several key columns (default: tab)")
+    run.add_argument("--normalize", choices=["none", "strip"], help="applied to row and list keys (default: none)")
+    run.add_argument("--mode", choices=["deny", "allow"], help="deny drops listed keys (default), allow keeps only them")
+    run.add_argument("--format", choices=["auto", "parquet"], help="shard format (default: by extension)")
+    run.add_argument("--report", metavar="FILE", help="write the JSON report here (local or s3://)")
+    run.add_argument("--concurrency", type=int, metavar="N", help="shards in flight (default: 4)")
+    run.add_argument("--dry-run", action="store_true", default=None, help="count matches, write nothing but the report")
+    run.add_argument("--output-inside-input", action="store_true", default=None, help="allow output under the input prefix")
+    run.add_argument("--s3-endpoint-url", metavar="URL", help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL)")
+    run.add_argument("--http-header", action="append", metavar="'NAME: VALUE'", help="for http(s) reads; $VAR expands")
+    run.add_argument("--config", metavar="FILE.toml", help="options from TOML; flags given here win")
+    run.add_argument("--verbose", action="store_true", help="tracebacks and debug logs")
+
+    demo = sub.add_parser("demo", help="generate a small shard set locally and filter it")
+    demo.add_argument("dir", nargs="?", default="streamfilter-demo", help="where to write (default: ./streamfilter-demo)")
+    return parser
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    options = load_config(args.config) if args.config else {}
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "verbose") and v is not None}
+    if not flags.get("inputs"):
+        flags.pop("inputs", None)
+    options.update(flags)
+    return options
+
+
+def main(argv: list[str] | None = None) -> int:
+    verbose = "--verbose" in (argv if argv is not None else sys.argv[1:])
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(message)s")
+    try:
+        args = _parser().parse_args(argv)
+        if args.command == "demo":
+            from .demo import run_demo
+
+            return run_demo(args.dir)
+        from .engine import run_job
+
+        spec = build_spec(_options(args))
+        report = anyio.run(lambda: run_job(spec, verbose=args.verbose))
+    except StreamfilterError as exc:
+        if verbose:
+            logging.exception("streamfilter failed")
+        print(f"streamfilter: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("streamfilter: interrupted; outputs in flight were not committed", file=sys.stderr)
+        return 130
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

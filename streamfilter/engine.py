@@ -1,0 +1,182 @@
+"""The per-shard pipeline and the bounded concurrency around it.
+
+One shard is one unit of work: read, filtered, written and committed on its own.
+Inside a shard the CPU work (decode, match, encode) runs in one worker thread
+while the event loop fetches the next row group and uploads finished parts, so
+the I/O of one shard overlaps the CPU of others. The bounded buffers between
+stages are the row-group read-ahead (one ahead) and the parts in flight per
+upload; a decoded-table queue between decode and encode would triple the
+decoded memory per shard for no gain once two shards run at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import anyio
+import anyio.to_thread
+import pyarrow as pa
+import pyarrow.compute as pc
+from anyio.from_thread import BlockingPortal
+
+from ._version import __version__
+from .errors import ShardError, StreamfilterError, UsageError, redact_uri
+from .formats import detect_format
+from .formats.parquet import ParquetOutput, ParquetShard
+from .keys import KeySpec, extract_keys
+from .ledger import Report, ShardReport
+from .plan import Shard, plan_shards
+from .progress import Progress
+from .sets import ExactKeySet, build_key_set
+from .spec import JobSpec
+from .store import PartSink, Stores
+
+log = logging.getLogger("streamfilter")
+
+
+@dataclass(frozen=True)
+class Filter:
+    """What decides, per row, whether it stays."""
+
+    key: KeySpec
+    key_set: ExactKeySet
+    mode: str
+
+    def keep_mask(self, table: pa.Table, source: str) -> pa.Array:
+        hit = self.key_set.contains(extract_keys(table, self.key, source))
+        return hit if self.mode == "allow" else pc.invert(hit)
+
+
+def filter_parquet(
+    source: BinaryIO, sink: BinaryIO | None, name: str, rule: Filter, progress: Progress
+) -> tuple[int, int]:
+    """Filter one Parquet shard row group by row group; ``sink=None`` only counts.
+
+    Returns (rows in, rows out). Runs in a worker thread.
+    """
+    shard = ParquetShard(source, name)
+    missing = [c for c in rule.key.columns if c not in shard.schema.names]
+    if missing:
+        shown = ", ".join(shard.schema.names[:12])
+        raise ShardError(f"{name} has no column {missing[0]!r} (it has: {shown}); choose the key with --key")
+    output = ParquetOutput(sink, shard.schema, shard.metadata) if sink is not None else None
+    # A dry run decodes only the key columns.
+    columns = list(rule.key.columns) if output is None else None
+    rows_in = rows_out = 0
+    for i, table in enumerate(shard.row_groups(columns)):
+        keep = rule.keep_mask(table, name)
+        kept = keep.true_count
+        rows_in += table.num_rows
+        rows_out += kept
+        if output is not None:
+            output.write(table if kept == table.num_rows else table.filter(keep))
+        progress.add(table.num_rows, shard.metadata.row_group(i).total_byte_size)
+    if output is not None:
+        output.close()
+    return rows_in, rows_out
+
+
+PIPELINES = {"parquet": filter_parquet}
+
+
+@dataclass
+class RunContext:
+    spec: JobSpec
+    stores: Stores
+    portal: BlockingPortal
+    rule: Filter
+    progress: Progress
+    verbose: bool
+
+
+async def process_shard(shard: Shard, ctx: RunContext) -> ShardReport:
+    """Run one shard start to finish; every failure ends up in its report, never raised."""
+    report = ShardReport(shard.input, shard.output)
+    start = time.perf_counter()
+    source = None
+    try:
+        pipeline = PIPELINES[detect_format(shard.input, ctx.spec.format)]
+        store = ctx.stores.for_uri(shard.input)
+        source = store.open_input(await store.stat(shard.input), ctx.portal)
+        label = redact_uri(shard.input)
+        if shard.output is None:
+            counts = await anyio.to_thread.run_sync(pipeline, source, None, label, ctx.rule, ctx.progress)
+        else:
+            out_store = ctx.stores.for_uri(shard.output)
+            async with out_store.open_write(shard.output) as upload:
+                sink = PartSink(upload, out_store.part_size, ctx.portal)
+                counts = await anyio.to_thread.run_sync(pipeline, source, sink, label, ctx.rule, ctx.progress)
+                written = await upload.commit(sink.remainder())
+            report.bytes_written = written.size
+        report.rows_in, report.rows_out = counts
+        report.rows_removed = report.rows_in - report.rows_out
+        report.status = "done"
+    except StreamfilterError as exc:
+        report.error = str(exc)
+        log.debug("shard %s failed", redact_uri(shard.input), exc_info=ctx.verbose)
+    except Exception as exc:  # a bug or an unforeseen library error: still only this shard fails
+        report.error = f"unexpected {type(exc).__name__} on {redact_uri(shard.input)}: {exc}"
+        log.debug("shard %s failed", redact_uri(shard.input), exc_info=True)
+    finally:
+        if source is not None:
+            source.close()
+            report.bytes_read = source.bytes_read
+        report.seconds = round(time.perf_counter() - start, 4)
+    ctx.progress.shard_finished(report)
+    return report
+
+
+async def run_job(spec: JobSpec, *, progress: Progress | None = None, verbose: bool = False) -> Report:
+    """Plan, filter every shard with bounded concurrency, and write the report.
+
+    Raises :class:`UsageError` (nothing written) for bad options, inputs that
+    expand to nothing or an unreadable membership list; shard failures are
+    reported, not raised.
+    """
+    started = time.perf_counter()
+    stores = Stores(spec.stores)
+    try:
+        shards = await plan_shards(spec.inputs, None if spec.dry_run else spec.output, stores, spec.output_inside_input)
+        for shard in shards:
+            detect_format(shard.input, spec.format)
+        if shards[0].output is not None and not stores.for_uri(shards[0].output).writable:
+            raise UsageError(f"cannot write to {redact_uri(spec.output or '')}: write to s3:// or a local path")
+        if spec.report and not stores.for_uri(spec.report).writable:
+            raise UsageError(f"--report {redact_uri(spec.report)}: cannot write there; use s3:// or a local path")
+        key_set = await build_key_set(list(spec.blocklists), spec.key, stores)
+        rule = Filter(spec.key, key_set, spec.mode)
+        progress = progress or Progress(len(shards))
+        progress.total = len(shards)
+        reports: list[ShardReport | None] = [None] * len(shards)
+        limiter = anyio.CapacityLimiter(spec.concurrency)
+        async with BlockingPortal() as portal, anyio.create_task_group() as tg:
+            ctx = RunContext(spec, stores, portal, rule, progress, verbose)
+
+            async def run_one(index: int) -> None:
+                async with limiter:
+                    reports[index] = await process_shard(shards[index], ctx)
+
+            for index in range(len(shards)):
+                tg.start_soon(run_one, index)
+        progress.close()
+        report = Report(
+            shards=[r for r in reports if r is not None],
+            key_spec=spec.key.to_dict(),
+            set_digest=key_set.digest,
+            set_size=key_set.size,
+            mode=spec.mode,
+            dry_run=spec.dry_run,
+            seconds=time.perf_counter() - started,
+            version=__version__,
+        )
+        if spec.report:
+            try:
+                await stores.for_uri(spec.report).put(spec.report, report.to_json().encode())
+            except StreamfilterError as exc:
+                raise StreamfilterError(f"writing the report failed: {exc}") from exc
+        return report
+    finally:
+        await stores.aclose()

@@ -1,0 +1,21 @@
+"""Shard formats: each a reader and a writer of batches that knows nothing of keys or stores."""
+
+from __future__ import annotations
+
+from ..errors import UsageError
+
+FORMATS = ("auto", "parquet")
+_EXTENSIONS = {".parquet": "parquet", ".pq": "parquet"}
+
+
+def detect_format(uri: str, requested: str) -> str:
+    """The format for one shard: the requested one, or the one its extension names."""
+    if requested not in FORMATS:
+        raise UsageError(f"--format {requested}: this version handles {', '.join(FORMATS)}")
+    if requested != "auto":
+        return requested
+    name = uri.rsplit("/", 1)[-1].lower()
+    for ext, fmt in _EXTENSIONS.items():
+        if name.endswith(ext):
+            return fmt
+    raise UsageError(f"cannot tell the format of {uri} from its extension; pass --format parquet")

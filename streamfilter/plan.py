@@ -1,0 +1,140 @@
+"""From the user's input expressions to the list of shards, and each shard's output name."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from dataclasses import dataclass
+
+from .errors import StreamfilterError, UsageError, redact_uri
+from .store import Stores, scheme_of
+
+_BRACE = re.compile(r"\{([^{}]*)\}")
+_NUMERIC_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
+_WILDCARD = re.compile(r"[*?\[]")
+
+
+@dataclass(frozen=True)
+class Shard:
+    input: str
+    output: str | None
+    name: str  # the input's path relative to the common input prefix
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """``{00000..00127}`` (zero padding kept) and ``{a,b}`` alternatives, as a shell does."""
+    match = _BRACE.search(pattern)
+    if not match:
+        return [pattern]
+    body = match.group(1)
+    numeric = _NUMERIC_RANGE.match(body)
+    if numeric:
+        lo_text, hi_text = numeric.groups()
+        lo, hi = int(lo_text), int(hi_text)
+        width = len(lo_text) if lo_text.startswith("0") else 0
+        step = 1 if hi >= lo else -1
+        choices = [str(n).zfill(width) for n in range(lo, hi + step, step)]
+    elif "," in body:
+        choices = body.split(",")
+    else:
+        return [pattern]
+    head, tail = pattern[: match.start()], pattern[match.end() :]
+    return list(itertools.chain.from_iterable(expand_braces(head + c + tail) for c in choices))
+
+
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """``*`` and ``?`` stay within one path segment, ``**`` crosses segments."""
+    out = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            end = pattern.find("]", i + 1)
+            if end < 0:
+                out.append(re.escape(c))
+            else:
+                out.append("[" + pattern[i + 1 : end].replace("!", "^", 1) + "]")
+                i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+async def expand_input(expr: str, stores: Stores) -> list[str]:
+    """One input expression to object URIs: @manifest, brace ranges, globs, or itself."""
+    if expr.startswith("@"):
+        manifest = expr[1:]
+        try:
+            text = (await stores.for_uri(manifest).read_all(manifest)).decode("utf-8")
+        except StreamfilterError as exc:
+            raise UsageError(f"cannot read manifest {redact_uri(manifest)}: {exc}") from None
+        lines = [line.strip() for line in text.splitlines()]
+        uris: list[str] = []
+        for line in lines:
+            if line and not line.startswith("#"):
+                uris += await expand_input(line, stores)
+        return uris
+    uris = []
+    for uri in expand_braces(expr):
+        if not _WILDCARD.search(uri):
+            uris.append(uri)
+            continue
+        prefix = uri[: _WILDCARD.search(uri).start()]  # type: ignore[union-attr]
+        regex = glob_regex(uri)
+        listed = await stores.for_uri(uri).list(prefix)
+        matched = sorted(info.uri for info in listed if regex.match(info.uri))
+        if not matched:
+            raise UsageError(f"no object matches {redact_uri(uri)}; check the pattern and the credentials")
+        uris += matched
+    return uris
+
+
+def _comparable(uri: str) -> str:
+    """A form in which two spellings of the same location compare equal."""
+    if scheme_of(uri) == "file":
+        path = uri[len("file://") :] if uri.startswith("file://") else uri
+        return os.path.abspath(path) + ("/" if uri.endswith("/") else "")
+    return uri
+
+
+def common_dir(uris: list[str]) -> str:
+    """The longest directory prefix (ending in '/') shared by all URIs."""
+    dirs = [_comparable(u).rsplit("/", 1)[0] + "/" for u in uris]
+    prefix = os.path.commonprefix(dirs)
+    return prefix[: prefix.rfind("/") + 1]
+
+
+async def plan_shards(
+    inputs: list[str] | tuple[str, ...], output: str | None, stores: Stores, output_inside_input: bool = False
+) -> list[Shard]:
+    uris: list[str] = []
+    for expr in inputs:
+        uris += await expand_input(expr, stores)
+    uris = list(dict.fromkeys(uris))  # a shard named twice is still one shard
+    if not uris:
+        raise UsageError("no input shard: the inputs expanded to nothing")
+    base = common_dir(uris)
+    names = [_comparable(u)[len(base) :] for u in uris]
+    if output is None:
+        return [Shard(u, None, n) for u, n in zip(uris, names, strict=True)]
+    out_prefix = output if output.endswith("/") else output + "/"
+    if _comparable(out_prefix).startswith(base) and not output_inside_input:
+        raise UsageError(
+            f"output {redact_uri(output)} is inside the input prefix {redact_uri(base)}: a rerun would read "
+            "its own output; choose another prefix, or pass --output-inside-input if you mean it"
+        )
+    shards = [Shard(u, out_prefix + n, n) for u, n in zip(uris, names, strict=True)]
+    clash = {_comparable(s.output) for s in shards if s.output} & {_comparable(u) for u in uris}
+    if clash:
+        raise UsageError(f"output would replace input {redact_uri(sorted(clash)[0])}; choose another --output prefix")
+    return shards

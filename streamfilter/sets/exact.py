@@ -1,0 +1,143 @@
+"""An exact membership set of string keys, built once and queried per batch.
+
+Two lookups, both exact:
+
+* small sets go through ``pyarrow.compute.is_in``. It hashes its value set on each
+  call, but below :data:`SMALL_SET` keys that costs less than hashing the batch
+  (measured: 2.5 ms for 2,236 keys against 131k URLs per call);
+* larger sets keep a sorted array of 64-bit hashes built once. A batch is hashed
+  with vectorized numpy, candidates are found by binary search, and every
+  candidate is confirmed by comparing the keys themselves, so a hash collision can
+  cost time but never a wrong answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..keys import as_bytes
+
+SMALL_SET = 131_072
+
+_P = 0x100000001B3  # odd, so invertible modulo 2**64
+_P_INV = pow(_P, -1, 1 << 64)
+
+
+def _power_table(base: int, n: int) -> np.ndarray:
+    table = np.full(n, base, dtype=np.uint64)
+    table[0] = 1
+    return np.cumprod(table, dtype=np.uint64)  # wraps modulo 2**64, as intended
+
+
+class _PolyHasher:
+    """Position-independent polynomial hash of each string, vectorized over a batch.
+
+    Sums ``byte * P**global_position`` over the whole data buffer, reduces per
+    string, then multiplies by ``P**-start`` so the value depends only on content.
+    Power tables grow on demand to the largest batch seen.
+    """
+
+    #: Rows hashed per step: bounds the power tables and temporaries to a few MiB.
+    ROWS_PER_STEP = 8192
+
+    def __init__(self) -> None:
+        self._tables = (np.ones(0, dtype=np.uint64), np.ones(0, dtype=np.uint64))
+
+    def _powers(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        tables = self._tables  # one read: other threads may swap in larger tables
+        if len(tables[0]) < n:
+            size = max(n, 1 << 16)
+            tables = self._tables = (_power_table(_P, size), _power_table(_P_INV, size))
+        return tables
+
+    def __call__(self, values: pa.Array) -> np.ndarray:
+        step = self.ROWS_PER_STEP
+        parts = [self._hash(values.slice(i, step)) for i in range(0, len(values), step)]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
+
+    def _hash(self, values: pa.Array) -> np.ndarray:
+        offsets, data = _offsets_and_data(values)
+        if len(data) == 0:
+            return np.zeros(len(values), dtype=np.uint64)
+        starts = offsets[:-1] - offsets[0]
+        lengths = np.diff(offsets)
+        pw, ipw = self._powers(len(data) + 1)
+        # One zero past the end, so every start (empty strings at the tail too) is a valid index.
+        weighted = np.zeros(len(data) + 1, dtype=np.uint64)
+        weighted[:-1] = data
+        weighted[:-1] += np.uint64(1)  # so that zero bytes still count
+        weighted[:-1] *= pw[: len(data)]
+        hashes = np.add.reduceat(weighted, starts) * ipw[starts]
+        hashes[lengths == 0] = 0
+        hashes ^= lengths.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        return hashes
+
+
+class ExactKeySet:
+    """Exact membership over a fixed list of keys; safe to share between threads."""
+
+    def __init__(self, keys: pa.Array) -> None:
+        keys = as_bytes(keys)
+        keys = pc.unique(keys.filter(pc.is_valid(keys)))
+        self.size = len(keys)
+        self.digest = _digest(keys)
+        self._hasher = _PolyHasher()
+        if self.size <= SMALL_SET:
+            self._keys, self._hashes = keys, None
+        else:
+            hashes = self._hasher(keys)
+            order = np.argsort(hashes, kind="stable")
+            self._keys = keys.take(pa.array(order))
+            self._hashes = hashes[order]
+
+    def contains(self, keys: pa.Array) -> pa.Array:
+        """A boolean per key, never null: null keys are never members."""
+        keys = as_bytes(keys)
+        if self._hashes is None:
+            found = pc.is_in(keys, value_set=self._keys)
+        else:
+            found = self._lookup_hashed(keys)
+        return pc.fill_null(found, False)
+
+    def _lookup_hashed(self, keys: pa.Array) -> pa.Array:
+        assert self._hashes is not None
+        hashes = self._hasher(keys)
+        lo = np.searchsorted(self._hashes, hashes, side="left")
+        rows = np.flatnonzero(self._hashes[np.minimum(lo, self.size - 1)] == hashes)
+        result = np.zeros(len(keys), dtype=bool)
+        if len(rows):
+            # Every set entry sharing a candidate's hash, gathered without a loop.
+            lo = lo[rows]
+            counts = np.searchsorted(self._hashes, hashes[rows], side="right") - lo
+            first = np.repeat(lo - np.cumsum(counts) + counts, counts)
+            same_hash = first + np.arange(counts.sum())
+            confirmed = pc.is_in(keys.take(pa.array(rows)), value_set=self._keys.take(pa.array(same_hash)))
+            result[rows] = pc.fill_null(confirmed, False).to_numpy(zero_copy_only=False)
+        return pa.array(result)
+
+
+def _offsets_and_data(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """The value offsets (as int64, starting anywhere) and the bytes they index."""
+    large = pa.types.is_large_string(values.type) or pa.types.is_large_binary(values.type)
+    offset_type = np.dtype(np.int64 if large else np.int32)
+    buffers = values.buffers()
+    offsets = np.frombuffer(
+        buffers[1], dtype=offset_type, count=len(values) + 1, offset=values.offset * offset_type.itemsize
+    ).astype(np.int64)
+    if buffers[2] is None:
+        return offsets, np.zeros(0, dtype=np.uint8)
+    return offsets, np.frombuffer(buffers[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+
+
+def _digest(unique: pa.Array) -> str:
+    """A digest of the set's content, independent of list order and duplicates."""
+    ordered = unique.take(pc.sort_indices(unique))
+    offsets, data = _offsets_and_data(ordered)
+    h = hashlib.sha256(str(ordered.type).encode())
+    h.update((offsets - offsets[0]).tobytes())
+    h.update(data.tobytes())
+    return "sha256:" + h.hexdigest()

@@ -1,0 +1,57 @@
+"""Object stores behind one interface, chosen by URI scheme."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import UsageError
+from .base import ObjectInfo, Store, Upload
+from .bridge import PartSink, RangeFile
+
+__all__ = ["ObjectInfo", "PartSink", "RangeFile", "Store", "StoreOptions", "Stores", "Upload", "scheme_of"]
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    s3_endpoint_url: str | None = None
+    http_headers: dict[str, str] = field(default_factory=dict)
+
+
+def scheme_of(uri: str) -> str:
+    if "://" not in uri:
+        return "file"
+    return uri.split("://", 1)[0].lower()
+
+
+class Stores:
+    """One store per scheme for the length of a run; close with :meth:`aclose`."""
+
+    def __init__(self, options: StoreOptions | None = None) -> None:
+        self._options = options or StoreOptions()
+        self._stores: dict[str, Store] = {}
+
+    def for_uri(self, uri: str) -> Store:
+        scheme = {"https": "http"}.get(scheme_of(uri), scheme_of(uri))
+        if scheme not in self._stores:
+            self._stores[scheme] = self._make(scheme, uri)
+        return self._stores[scheme]
+
+    def _make(self, scheme: str, uri: str) -> Store:
+        if scheme == "file":
+            from .local import LocalStore
+
+            return LocalStore()
+        if scheme == "s3":
+            from .s3 import S3Store
+
+            return S3Store(self._options.s3_endpoint_url)
+        if scheme == "http":
+            from .http import HttpStore
+
+            return HttpStore(self._options.http_headers)
+        raise UsageError(f"unsupported URI scheme {scheme}:// in {uri}; use s3://, http(s):// or a local path")
+
+    async def aclose(self) -> None:
+        for store in self._stores.values():
+            await store.aclose()
+        self._stores.clear()

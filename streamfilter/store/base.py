@@ -1,0 +1,128 @@
+"""The one small interface every object store implements.
+
+Callers never branch on the protocol: they ask :class:`Stores` for the store that
+serves a URI and use the same five operations everywhere (fsspec's lesson).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Protocol, Self
+
+from anyio.from_thread import BlockingPortal
+
+from ..errors import ShardError, redact_uri
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a store knows of one object; ``etag``/``mtime`` identify its version."""
+
+    uri: str
+    size: int
+    etag: str | None = None
+    version_id: str | None = None
+    mtime: float | None = None
+
+
+class InputFile(Protocol):
+    """A readable, seekable binary file that counts the bytes it fetched."""
+
+    bytes_read: int
+
+    def read(self, size: int = -1, /) -> bytes: ...
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
+    def tell(self) -> int: ...
+    def close(self) -> None: ...
+
+
+class Upload(abc.ABC):
+    """An object being written: nothing is visible under its name before :meth:`commit`.
+
+    Use it as an async context manager; leaving the block without a commit aborts.
+    ``write_part`` takes whole parts (the last, short part goes to ``commit``) and
+    returns as soon as the part is queued, so at most a bounded number are in flight.
+    """
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.committed = False
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if not self.committed:
+            await self.abort()
+
+    @abc.abstractmethod
+    async def write_part(self, data: bytes) -> None: ...
+
+    @abc.abstractmethod
+    async def commit(self, last: bytes = b"") -> ObjectInfo: ...
+
+    @abc.abstractmethod
+    async def abort(self) -> None: ...
+
+
+class Store(abc.ABC):
+    """Object I/O for one URI scheme."""
+
+    #: False for read-only stores (HTTP): outputs and reports cannot go there.
+    writable: bool = True
+
+    #: Parts handed to :meth:`Upload.write_part` have this size (S3 needs >= 5 MiB).
+    part_size: int = 8 * 1024 * 1024
+
+    @abc.abstractmethod
+    async def stat(self, uri: str) -> ObjectInfo:
+        """Size and version identity of one object; :class:`ShardError` if it is missing."""
+
+    @abc.abstractmethod
+    async def list(self, prefix: str) -> list[ObjectInfo]:
+        """Every object whose URI starts with ``prefix`` (recursively)."""
+
+    @abc.abstractmethod
+    async def read_range(self, uri: str, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of an object; the length is checked."""
+
+    @abc.abstractmethod
+    def open_write(self, uri: str) -> Upload:
+        """Start an atomic write of ``uri``."""
+
+    async def copy(self, src: ObjectInfo, dst: str) -> ObjectInfo:
+        """Copy an object; stores that can copy server-side override this."""
+        async with self.open_write(dst) as upload:
+            pos = 0
+            while src.size - pos > self.part_size:
+                await upload.write_part(await self.read_range(src.uri, pos, pos + self.part_size))
+                pos += self.part_size
+            return await upload.commit(await self.read_range(src.uri, pos, src.size))
+
+    async def read_all(self, uri: str) -> bytes:
+        info = await self.stat(uri)
+        return await self.read_range(uri, 0, info.size)
+
+    async def put(self, uri: str, data: bytes) -> ObjectInfo:
+        async with self.open_write(uri) as upload:
+            return await upload.commit(data)
+
+    def open_input(self, info: ObjectInfo, portal: BlockingPortal) -> InputFile:
+        """A blocking, seekable file over the object for decoders running in worker threads."""
+        from .bridge import RangeFile
+
+        return RangeFile(self, info, portal)
+
+    async def aclose(self) -> None:
+        """Release connections."""
+
+
+def check_length(uri: str, data: bytes, expected: int) -> bytes:
+    """Guard against truncated bodies: a short read must never pass as data."""
+    if len(data) != expected:
+        raise ShardError(
+            f"short read from {redact_uri(uri)}: got {len(data)} of {expected} bytes; "
+            "the object changed or the connection dropped, run again"
+        )
+    return data

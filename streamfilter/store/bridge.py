@@ -1,0 +1,138 @@
+"""Blocking file objects over the async stores, for code that runs in worker threads.
+
+pyarrow decodes and encodes Parquet from synchronous file objects in a worker
+thread; these adapters forward their I/O to the event loop through an anyio
+:class:`BlockingPortal`, so the network stays async while the CPU work runs in
+parallel threads (pyarrow releases the GIL).
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from concurrent.futures import Future
+
+from anyio.from_thread import BlockingPortal
+
+from .base import ObjectInfo, Store, Upload
+
+#: Small reads (footers, page headers) are widened to this many bytes so a
+#: Parquet footer costs one request instead of several.
+READ_AHEAD = 256 * 1024
+
+
+class RangeFile(io.RawIOBase):
+    """A read-only, seekable view of a remote object made of ranged reads.
+
+    ``prefetch`` starts fetching byte ranges in the background (the next row group
+    while the current one is decoded); only the two latest prefetch generations are
+    kept, which bounds memory to about two row groups of compressed bytes.
+    """
+
+    def __init__(self, store: Store, info: ObjectInfo, portal: BlockingPortal) -> None:
+        super().__init__()
+        self._store, self._info, self._portal = store, info, portal
+        self._pos = 0
+        self._lock = threading.Lock()
+        self._generations: list[list[tuple[int, int, Future[bytes]]]] = []
+        self.bytes_read = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def size(self) -> int:
+        return self._info.size
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._info.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def prefetch(self, ranges: list[tuple[int, int]]) -> None:
+        generation = [(s, e, self._fetch(s, e)) for s, e in ranges if e > s]
+        with self._lock:
+            self._generations.append(generation)
+            for stale in self._generations[:-2]:
+                for *_, fut in stale:
+                    fut.cancel()
+            del self._generations[:-2]
+
+    def read(self, size: int = -1) -> bytes:
+        with self._lock:
+            start = self._pos
+            end = self._info.size if size is None or size < 0 else min(self._info.size, start + size)
+            if end <= start:
+                return b""
+            data = self._cached(start, end)
+            if data is None:
+                ahead = min(self._info.size, max(end, start + READ_AHEAD))
+                fut = self._fetch(start, ahead)
+                self._generations.append([(start, ahead, fut)])
+                if len(self._generations) > 3:
+                    # a read-ahead block must not evict the prefetched row groups
+                    del self._generations[-2]
+                data = memoryview(fut.result())[: end - start].tobytes()
+            self._pos = end
+            return data
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def close(self) -> None:
+        with self._lock:
+            for generation in self._generations:
+                for *_, fut in generation:
+                    fut.cancel()
+            self._generations.clear()
+        super().close()
+
+    def _cached(self, start: int, end: int) -> bytes | None:
+        for generation in reversed(self._generations):
+            for s, e, fut in generation:
+                if s <= start and end <= e:
+                    return memoryview(fut.result())[start - s : end - s].tobytes()
+        return None
+
+    def _fetch(self, start: int, end: int) -> Future[bytes]:
+        self.bytes_read += end - start
+        return self._portal.start_task_soon(self._store.read_range, self._info.uri, start, end)
+
+
+class PartSink(io.RawIOBase):
+    """A write-only file that cuts what it is given into parts for an :class:`Upload`.
+
+    ``write_part`` blocks this thread only while the upload already has its
+    maximum of parts in flight: that is the backpressure that bounds memory.
+    """
+
+    def __init__(self, upload: Upload, part_size: int, portal: BlockingPortal) -> None:
+        super().__init__()
+        self._upload, self._part_size, self._portal = upload, part_size, portal
+        self._buffer = bytearray()
+        self.bytes_written = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.bytes_written
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self._buffer += data
+        self.bytes_written += len(data)
+        while len(self._buffer) >= self._part_size:
+            part = bytes(self._buffer[: self._part_size])
+            del self._buffer[: self._part_size]
+            self._portal.call(self._upload.write_part, part)
+        return len(data)
+
+    def remainder(self) -> bytes:
+        """What is left after the last whole part: the upload's final, short part."""
+        last, self._buffer = bytes(self._buffer), bytearray()
+        return last

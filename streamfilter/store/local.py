@@ -1,0 +1,107 @@
+"""Local files: reads through the OS, writes to a temporary name renamed on commit."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import anyio.to_thread
+
+from ..errors import ShardError
+from anyio.from_thread import BlockingPortal
+
+from .base import InputFile, ObjectInfo, Store, Upload, check_length
+
+
+def to_path(uri: str) -> str:
+    return uri[len("file://") :] if uri.startswith("file://") else uri
+
+
+class CountingFile(io.FileIO):
+    """A plain OS file that counts the bytes read through it."""
+
+    bytes_read = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = super().read(size)
+        self.bytes_read += len(data)
+        return data
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+
+class LocalUpload(Upload):
+    def __init__(self, uri: str) -> None:
+        super().__init__(uri)
+        path = Path(to_path(uri))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Same directory as the target, so the final rename is atomic.
+        fd, self._tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+        self._file = os.fdopen(fd, "wb")
+        self._path = path
+
+    async def write_part(self, data: bytes) -> None:
+        await anyio.to_thread.run_sync(self._file.write, data)
+
+    async def commit(self, last: bytes = b"") -> ObjectInfo:
+        def finish() -> ObjectInfo:
+            self._file.write(last)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self._tmp, self._path)
+            st = self._path.stat()
+            return ObjectInfo(self.uri, st.st_size, mtime=st.st_mtime)
+
+        info = await anyio.to_thread.run_sync(finish)
+        self.committed = True
+        return info
+
+    async def abort(self) -> None:
+        self._file.close()
+        Path(self._tmp).unlink(missing_ok=True)
+
+
+class LocalStore(Store):
+    async def stat(self, uri: str) -> ObjectInfo:
+        try:
+            st = os.stat(to_path(uri))
+        except FileNotFoundError:
+            raise ShardError(f"input not found: {uri}; check the path") from None
+        except OSError as exc:
+            raise ShardError(f"cannot read {uri}: {exc.strerror}") from None
+        if not os.path.isfile(to_path(uri)):
+            raise ShardError(f"input is not a file: {uri}")
+        return ObjectInfo(uri, st.st_size, mtime=st.st_mtime)
+
+    async def list(self, prefix: str) -> list[ObjectInfo]:
+        def walk() -> list[ObjectInfo]:
+            root = to_path(prefix)
+            top = root if os.path.isdir(root) else os.path.dirname(root) or "."
+            scheme = "file://" if prefix.startswith("file://") else ""
+            found = []
+            for dirpath, _dirs, files in os.walk(top):
+                for name in files:
+                    path = os.path.join(dirpath, name)
+                    if path.startswith(root) and not name.endswith(".partial"):
+                        st = os.stat(path)
+                        found.append(ObjectInfo(scheme + path, st.st_size, mtime=st.st_mtime))
+            return sorted(found, key=lambda info: info.uri)
+
+        return await anyio.to_thread.run_sync(walk)
+
+    async def read_range(self, uri: str, start: int, end: int) -> bytes:
+        def read() -> bytes:
+            with open(to_path(uri), "rb") as f:
+                return os.pread(f.fileno(), end - start, start)
+
+        return check_length(uri, await anyio.to_thread.run_sync(read), end - start)
+
+    def open_write(self, uri: str) -> Upload:
+        return LocalUpload(uri)
+
+    def open_input(self, info: ObjectInfo, portal: BlockingPortal) -> InputFile:
+        return CountingFile(to_path(info.uri), "rb")  # type: ignore[return-value]
