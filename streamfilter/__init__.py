@@ -6,6 +6,13 @@
 
 from __future__ import annotations
 
+import os
+
+# pyarrow's allocator (mimalloc) otherwise holds freed pages for a while; with
+# several shards decoding at once that retention was a third of peak RSS
+# (625 -> 447 MiB at concurrency 4, measured). Must be set before pyarrow loads.
+os.environ.setdefault("MIMALLOC_PURGE_DELAY", "0")
+
 from typing import Any
 
 import anyio
@@ -30,9 +37,7 @@ __all__ = [
 ]
 
 
-async def arun(
-    inputs: list[str] | str, *, quiet: bool = False, verbose: bool = False, **options: Any
-) -> Report:
+async def arun(inputs: list[str] | str, *, quiet: bool = False, verbose: bool = False, **options: Any) -> Report:
     """Filter shards; the options are the CLI's long flags with underscores.
 
     ``blocklist`` and ``http_header`` take lists, ``key`` a column name, a

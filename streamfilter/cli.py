@@ -31,19 +31,25 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--key", metavar="COL[,COL]", help="key column(s); several are joined (default: url)")
     run.add_argument("--key-separator", metavar="SEP", help="joins several key columns (default: tab)")
     run.add_argument("--normalize", choices=["none", "strip"], help="applied to row and list keys (default: none)")
-    run.add_argument("--mode", choices=["deny", "allow"], help="deny drops listed keys (default), allow keeps only them")
+    run.add_argument(
+        "--mode", choices=["deny", "allow"], help="deny drops listed keys (default), allow keeps only them"
+    )
     run.add_argument("--format", choices=["auto", "parquet"], help="shard format (default: by extension)")
     run.add_argument("--report", metavar="FILE", help="write the JSON report here (local or s3://)")
     run.add_argument("--concurrency", type=int, metavar="N", help="shards in flight (default: 4)")
     run.add_argument("--dry-run", action="store_true", default=None, help="count matches, write nothing but the report")
-    run.add_argument("--output-inside-input", action="store_true", default=None, help="allow output under the input prefix")
+    run.add_argument(
+        "--output-inside-input", action="store_true", default=None, help="allow output under the input prefix"
+    )
     run.add_argument("--s3-endpoint-url", metavar="URL", help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL)")
     run.add_argument("--http-header", action="append", metavar="'NAME: VALUE'", help="for http(s) reads; $VAR expands")
     run.add_argument("--config", metavar="FILE.toml", help="options from TOML; flags given here win")
     run.add_argument("--verbose", action="store_true", help="tracebacks and debug logs")
 
     demo = sub.add_parser("demo", help="generate a small shard set locally and filter it")
-    demo.add_argument("dir", nargs="?", default="streamfilter-demo", help="where to write (default: ./streamfilter-demo)")
+    demo.add_argument(
+        "dir", nargs="?", default="streamfilter-demo", help="where to write (default: ./streamfilter-demo)"
+    )
     return parser
 
 

@@ -17,7 +17,25 @@ import pyarrow.parquet as pq
 
 _HOSTS = ["cdn.example.com", "images.example.org", "i.pinimg.example", "bilder.beispiel.de", "写真.例え.jp"]
 _DIRS = ["photos", "uploads/2019", "wp-content/uploads", "müsli/bilder", "img/%E2%9C%93", "p"]
-_WORDS = "a photo of the dog cat red blue house tree beach city night portrait vintage car flower".split()
+_WORDS = [
+    "a",
+    "photo",
+    "of",
+    "the",
+    "dog",
+    "cat",
+    "red",
+    "blue",
+    "house",
+    "tree",
+    "beach",
+    "city",
+    "night",
+    "portrait",
+    "vintage",
+    "car",
+    "flower",
+]
 
 
 def _pick(rng: np.random.Generator, choices: list[str], n: int) -> pa.Array:

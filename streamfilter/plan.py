@@ -110,7 +110,7 @@ def _comparable(uri: str) -> str:
 def common_dir(uris: list[str]) -> str:
     """The longest directory prefix (ending in '/') shared by all URIs."""
     dirs = [_comparable(u).rsplit("/", 1)[0] + "/" for u in uris]
-    prefix = os.path.commonprefix(dirs)
+    prefix = os.path.commonprefix(dirs)  # noqa: RUF071 - cut back to a '/' on the next line
     return prefix[: prefix.rfind("/") + 1]
 
 

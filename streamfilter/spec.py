@@ -10,8 +10,7 @@ from typing import Any, Literal
 from .errors import UsageError
 from .formats import FORMATS
 from .keys import KeySpec
-from .store import StoreOptions
-from .store.http import expand_header
+from .store import StoreOptions, expand_header
 
 Mode = Literal["deny", "allow"]
 DEFAULT_CONCURRENCY = 4

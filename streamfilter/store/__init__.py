@@ -2,19 +2,42 @@
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
 
 from ..errors import UsageError
 from .base import ObjectInfo, Store, Upload
 from .bridge import PartSink, RangeFile
 
-__all__ = ["ObjectInfo", "PartSink", "RangeFile", "Store", "StoreOptions", "Stores", "Upload", "scheme_of"]
+__all__ = [
+    "ObjectInfo",
+    "PartSink",
+    "RangeFile",
+    "Store",
+    "StoreOptions",
+    "Stores",
+    "Upload",
+    "expand_header",
+    "scheme_of",
+]
 
 
 @dataclass(frozen=True)
 class StoreOptions:
     s3_endpoint_url: str | None = None
     http_headers: dict[str, str] = field(default_factory=dict)
+
+
+def expand_header(header: str) -> tuple[str, str]:
+    """Parse ``'Name: value'``, expanding ``$VAR``/``${VAR}`` so tokens stay out of shell history."""
+    name, sep, value = header.partition(":")
+    if not sep or not name.strip():
+        raise UsageError(f"--http-header {name.strip()!r}: expected 'Name: value'")
+    missing = [m for m in re.findall(r"\$\{?(\w+)\}?", value) if m not in os.environ]
+    if missing:
+        raise UsageError(f"--http-header {name.strip()}: environment variable ${missing[0]} is not set")
+    return name.strip(), os.path.expandvars(value.strip())
 
 
 def scheme_of(uri: str) -> str:

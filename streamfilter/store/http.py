@@ -6,25 +6,12 @@ or list, so those operations fail with a message that says so.
 
 from __future__ import annotations
 
-import os
-import re
 from email.utils import parsedate_to_datetime
 
 import aiohttp
 
 from ..errors import ShardError, UsageError, redact_uri
 from .base import ObjectInfo, Store, Upload, check_length
-
-
-def expand_header(header: str) -> tuple[str, str]:
-    """Parse ``'Name: value'``, expanding ``$VAR``/``${VAR}`` so tokens stay out of shell history."""
-    name, sep, value = header.partition(":")
-    if not sep or not name.strip():
-        raise UsageError(f"--http-header {name.strip()!r}: expected 'Name: value'")
-    missing = [m for m in re.findall(r"\$\{?(\w+)\}?", value) if m not in os.environ]
-    if missing:
-        raise UsageError(f"--http-header {name.strip()}: environment variable ${missing[0]} is not set")
-    return name.strip(), os.path.expandvars(value.strip())
 
 
 class HttpStore(Store):

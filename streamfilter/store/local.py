@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import anyio.to_thread
-
-from ..errors import ShardError
 from anyio.from_thread import BlockingPortal
 
+from ..errors import ShardError
 from .base import InputFile, ObjectInfo, Store, Upload, check_length
 
 
@@ -38,8 +37,10 @@ class LocalUpload(Upload):
         super().__init__(uri)
         path = Path(to_path(uri))
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Same directory as the target, so the final rename is atomic.
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+        # Same directory as the target, so the final rename is atomic; created
+        # with the usual mode (0666 less umask), which mkstemp would not give.
+        self._tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.partial")
+        fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         self._file = os.fdopen(fd, "wb")
         self._path = path
 

@@ -8,6 +8,7 @@ CopyObject), so nothing depends on one vendor's behaviour.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import anyio
@@ -60,10 +61,8 @@ class S3Upload(Upload):
         try:
             if not self.committed:
                 with anyio.CancelScope(shield=True):
-                    try:
+                    with contextlib.suppress(ShardError):  # the original failure is the one to report
                         await self.abort()
-                    except ShardError:
-                        pass  # the original failure is the one to report
         finally:
             assert self._tg is not None
             await self._tg.__aexit__(None, None, None)
