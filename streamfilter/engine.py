@@ -118,7 +118,7 @@ async def process_shard(shard: Shard, ctx: RunContext) -> ShardReport:
         report.error = str(exc)
         log.debug("shard %s failed", redact_uri(shard.input), exc_info=ctx.verbose)
     except Exception as exc:  # a bug or an unforeseen library error: still only this shard fails
-        report.error = f"unexpected {type(exc).__name__} on {redact_uri(shard.input)}: {exc}"
+        report.error = " ".join(f"unexpected {type(exc).__name__} on {redact_uri(shard.input)}: {exc}".split())
         log.debug("shard %s failed", redact_uri(shard.input), exc_info=True)
     finally:
         if source is not None:

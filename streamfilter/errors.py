@@ -15,6 +15,10 @@ class StreamfilterError(Exception):
 
     exit_code = 1
 
+    def __str__(self) -> str:
+        # Library messages quoted inside ours (pyarrow's, thrift's) may span lines.
+        return " ".join(super().__str__().split())
+
 
 class UsageError(StreamfilterError):
     """Bad flags, configuration or membership set: nothing was written (exit code 2)."""

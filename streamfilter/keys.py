@@ -70,5 +70,5 @@ def extract_keys(table: pa.Table | pa.RecordBatch, spec: KeySpec, source: str) -
         keys = parts[0]
     else:
         parts = [p.cast(pa.large_string()) for p in parts]
-        keys = pc.binary_join_element_wise(*parts, spec.separator)
+        keys = pc.binary_join_element_wise(*parts, pa.scalar(spec.separator, pa.large_string()))
     return normalize(keys, spec.normalize)

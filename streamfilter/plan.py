@@ -49,6 +49,10 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
     i = 0
     while i < len(pattern):
         c = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")  # zero or more directories, as shell globstar
+            i += 3
+            continue
         if pattern.startswith("**", i):
             out.append(".*")
             i += 2

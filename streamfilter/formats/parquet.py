@@ -101,9 +101,14 @@ def dictionary_columns(table: pa.Table) -> list[str]:
     sample = table.slice(0, DICTIONARY_SAMPLE)
     chosen = []
     for name, column in zip(sample.column_names, sample.columns, strict=True):
-        if pa.types.is_nested(column.type):
+        if pa.types.is_nested(column.type) or len(column) == 0:
             chosen.append(name)  # nested leaves are named by path; leave pyarrow's default
-        elif len(column) == 0 or pc.count_distinct(column).as_py() <= len(column) // 2:
+            continue
+        try:
+            distinct = pc.count_distinct(column).as_py()
+        except pa.ArrowNotImplementedError:  # dictionary, null, extension, view types: pyarrow's default
+            distinct = 0
+        if distinct <= len(column) // 2:
             chosen.append(name)
     return chosen
 

@@ -70,13 +70,17 @@ async def load_keys(sources: list[str], stores: Stores) -> list[pa.Array]:
         uri, column = parse_source(source)
         try:
             data = decompress(uri, await stores.for_uri(uri).read_all(uri))
-            arrays.append(text_keys(data) if column is None else table_keys(uri, data, column))
+            keys = text_keys(data) if column is None else table_keys(uri, data, column)
         except UsageError:
             raise
         except StreamfilterError as exc:
             raise UsageError(f"cannot read blocklist: {exc}") from exc
         except (OSError, ValueError, pa.ArrowException, zstandard.ZstdError) as exc:
             raise UsageError(f"cannot parse blocklist {redact_uri(uri)}: {type(exc).__name__}: {exc}") from exc
+        if keys.null_count == len(keys):
+            # An empty list is nearly always the wrong file; in allow mode it would empty every shard.
+            raise UsageError(f"blocklist {redact_uri(uri)} holds no keys; check the file (and the column)")
+        arrays.append(keys)
     if not arrays:
         raise UsageError("no membership list: pass --blocklist FILE")
     return arrays

@@ -55,8 +55,9 @@ class RangeFile(io.RawIOBase):
         return self._pos
 
     def prefetch(self, ranges: list[tuple[int, int]]) -> None:
-        generation = [(s, e, self._fetch(s, e)) for s, e in ranges if e > s]
         with self._lock:
+            # A range already held (a small file's row group inside the footer read) is not fetched twice.
+            generation = [(s, e, self._covering(s, e) or self._fetch(s, e)) for s, e in ranges if e > s]
             self._generations.append(generation)
             for stale in self._generations[:-2]:
                 for *_, fut in stale:
@@ -92,6 +93,18 @@ class RangeFile(io.RawIOBase):
             self._generations.clear()
         super().close()
 
+    def _covering(self, start: int, end: int) -> Future[bytes] | None:
+        """A held fetch whose bytes start at ``start`` or before and reach ``end``, trimmed to fit."""
+        for generation in reversed(self._generations):
+            for s, e, fut in generation:
+                if s <= start and end <= e:
+                    if (s, e) == (start, end):
+                        return fut
+                    trimmed: Future[bytes] = Future()
+                    fut.add_done_callback(lambda f, t=trimmed, a=start - s, b=end - s: _trim(f, t, a, b))
+                    return trimmed
+        return None
+
     def _cached(self, start: int, end: int) -> bytes | None:
         for generation in reversed(self._generations):
             for s, e, fut in generation:
@@ -102,6 +115,15 @@ class RangeFile(io.RawIOBase):
     def _fetch(self, start: int, end: int) -> Future[bytes]:
         self.bytes_read += end - start
         return self._portal.start_task_soon(self._store.read_range, self._info.uri, start, end)
+
+
+def _trim(done: Future[bytes], target: Future[bytes], start: int, end: int) -> None:
+    if done.cancelled():
+        target.cancel()
+    elif done.exception() is not None:
+        target.set_exception(done.exception())  # type: ignore[arg-type]
+    else:
+        target.set_result(done.result()[start:end])
 
 
 class PartSink(io.RawIOBase):

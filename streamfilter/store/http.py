@@ -56,6 +56,8 @@ class HttpStore(Store):
         )
 
     async def read_range(self, uri: str, start: int, end: int) -> bytes:
+        if end <= start:
+            return b""  # an empty Range header is invalid; nothing to fetch
         headers = {"Range": f"bytes={start}-{end - 1}"}
         try:
             async with self._client().get(uri, headers=headers) as resp:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import secrets
@@ -64,6 +65,8 @@ class LocalUpload(Upload):
     async def abort(self) -> None:
         self._file.close()
         Path(self._tmp).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # leave no empty directory made for this output
+            self._path.parent.rmdir()
 
 
 class LocalStore(Store):
@@ -71,7 +74,7 @@ class LocalStore(Store):
         try:
             st = os.stat(to_path(uri))
         except FileNotFoundError:
-            raise ShardError(f"input not found: {uri}; check the path") from None
+            raise ShardError(f"not found: {uri}; check the path") from None
         except OSError as exc:
             raise ShardError(f"cannot read {uri}: {exc.strerror}") from None
         if not os.path.isfile(to_path(uri)):

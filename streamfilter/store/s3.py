@@ -182,6 +182,8 @@ class S3Store(Store):
             token = {"ContinuationToken": resp["NextContinuationToken"]}
 
     async def read_range(self, uri: str, start: int, end: int) -> bytes:
+        if end <= start:
+            return b""  # an empty Range header is invalid; nothing to fetch
         bucket, key = split(uri)
         resp = await self.call("get_object", uri, Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}")
         try:
