@@ -25,7 +25,7 @@ from anyio.from_thread import BlockingPortal
 from ._version import __version__
 from .errors import ShardError, StreamfilterError, UsageError, redact_uri
 from .formats import detect_format
-from .formats.parquet import ParquetOutput, ParquetShard
+from .formats.parquet import ParquetOutput, ParquetShard, row_group_span
 from .keys import KeySpec, extract_keys
 from .ledger import Report, ShardReport
 from .plan import Shard, plan_shards
@@ -73,7 +73,8 @@ def filter_parquet(
         rows_out += kept
         if output is not None:
             output.write(table if kept == table.num_rows else table.filter(keep))
-        progress.add(table.num_rows, shard.metadata.row_group(i).total_byte_size)
+        start, end = row_group_span(shard.metadata, i, columns)
+        progress.add(table.num_rows, end - start)  # stored (compressed) bytes, as read
     if output is not None:
         output.close()
     return rows_in, rows_out

@@ -41,7 +41,7 @@ class Upload(abc.ABC):
     """An object being written: nothing is visible under its name before :meth:`commit`.
 
     Use it as an async context manager; leaving the block without a commit aborts.
-    ``write_part`` takes whole parts (the last, short part goes to ``commit``) and
+    ``write_part`` takes parts of at least ``Store.part_size`` (the last, short part goes to ``commit``) and
     returns as soon as the part is queued, so at most a bounded number are in flight.
     """
 

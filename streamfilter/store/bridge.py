@@ -148,9 +148,10 @@ class PartSink(io.RawIOBase):
     def write(self, data: bytes) -> int:  # type: ignore[override]
         self._buffer += data
         self.bytes_written += len(data)
-        while len(self._buffer) >= self._part_size:
-            part = bytes(self._buffer[: self._part_size])
-            del self._buffer[: self._part_size]
+        if len(self._buffer) >= self._part_size:
+            # Parts may exceed part_size by one write: S3 only needs every part but the
+            # last to be >= 5 MiB, and handing the whole buffer over avoids a second copy.
+            part, self._buffer = bytes(self._buffer), bytearray()
             self._portal.call(self._upload.write_part, part)
         return len(data)
 
