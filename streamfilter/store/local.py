@@ -70,6 +70,9 @@ class LocalUpload(Upload):
 
 
 class LocalStore(Store):
+    # A local write needs no large parts: small ones keep memory per output low.
+    part_size = 1024 * 1024
+
     async def stat(self, uri: str) -> ObjectInfo:
         try:
             st = os.stat(to_path(uri))
