@@ -11,7 +11,7 @@ import anyio
 
 from ._version import __version__
 from .errors import StreamfilterError, UsageError
-from .spec import build_spec, load_config
+from .spec import DEFAULT_CONCURRENCY, build_spec, load_config
 
 
 class _Parser(argparse.ArgumentParser):
@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--format", choices=["auto", "parquet"], help="shard format (default: by extension)")
     run.add_argument("--report", metavar="FILE", help="write the JSON report here (local or s3://)")
-    run.add_argument("--concurrency", type=int, metavar="N", help="shards in flight (default: 4)")
+    run.add_argument("--concurrency", type=int, metavar="N", help=f"shards in flight (default: {DEFAULT_CONCURRENCY})")
     run.add_argument("--dry-run", action="store_true", default=None, help="count matches, write nothing but the report")
     run.add_argument(
         "--output-inside-input", action="store_true", default=None, help="allow output under the input prefix"
