@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from typing import Any
 
@@ -11,7 +12,8 @@ import anyio
 
 from ._version import __version__
 from .errors import StreamfilterError, UsageError
-from .spec import DEFAULT_CONCURRENCY, build_spec, load_config
+from .ledger import Report
+from .spec import DEFAULT_CONCURRENCY, JobSpec, build_spec, load_config
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--output-inside-input", action="store_true", default=None, help="allow output under the input prefix"
     )
+    run.add_argument("--overwrite", action="store_true", default=None, help="redo shards whose receipts show them done")
+    run.add_argument("--grace-seconds", type=float, metavar="S", help="after SIGTERM, time to commit in-flight shards")
     run.add_argument("--s3-endpoint-url", metavar="URL", help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL)")
     run.add_argument("--http-header", action="append", metavar="'NAME: VALUE'", help="for http(s) reads; $VAR expands")
     run.add_argument("--config", metavar="FILE.toml", help="options from TOML; flags given here win")
@@ -71,10 +75,9 @@ def main(argv: list[str] | None = None) -> int:
             from .demo import run_demo
 
             return run_demo(args.dir)
-        from .engine import run_job
 
         spec = build_spec(_options(args))
-        report = anyio.run(lambda: run_job(spec, verbose=args.verbose))
+        report = anyio.run(_run_until_signalled, spec, args.verbose)
     except StreamfilterError as exc:
         if verbose:
             logging.exception("streamfilter failed")
@@ -84,7 +87,34 @@ def main(argv: list[str] | None = None) -> int:
         print("streamfilter: interrupted; outputs in flight were not committed", file=sys.stderr)
         return 130
     print(report.summary())
+    if report.interrupted:
+        print("streamfilter: stopped by a signal; shards not done are in the report, rerun to finish", file=sys.stderr)
+        return 128 + signal.SIGTERM
     return 0 if report.ok else 1
+
+
+async def _run_until_signalled(spec: JobSpec, verbose: bool) -> Report:
+    """Run the job; SIGTERM or SIGINT stops new shards and gives those in flight a grace period."""
+    from .engine import run_job
+
+    stop = anyio.Event()
+
+    async def watch_signals() -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                stop.set()
+
+    outcome: Report | StreamfilterError
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch_signals)
+        try:
+            outcome = await run_job(spec, verbose=verbose, stop=stop)
+        except StreamfilterError as exc:
+            outcome = exc  # raised outside the task group, which would wrap it in an ExceptionGroup
+        tg.cancel_scope.cancel()
+    if isinstance(outcome, StreamfilterError):
+        raise outcome
+    return outcome
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ class KeySpec:
             raise UsageError(f"--normalize {self.normalize!r}: choose one of {', '.join(NORMALIZATIONS)}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Plain JSON types (columns as a list), so a spec read back from a receipt compares equal."""
+        return {**asdict(self), "columns": list(self.columns)}
 
 
 def as_text(values: pa.Array | pa.ChunkedArray) -> pa.Array:

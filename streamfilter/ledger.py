@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+from .store import ObjectInfo
+
 Status = Literal["done", "failed"]
 
 
@@ -21,6 +23,8 @@ class ShardReport:
     bytes_written: int = 0
     seconds: float = 0.0
     error: str | None = None
+    #: True when a receipt from an earlier run showed this shard already done.
+    resumed: bool = False
 
 
 @dataclass
@@ -33,6 +37,8 @@ class Report:
     dry_run: bool
     seconds: float
     version: str
+    #: True when a signal stopped the run before every shard was tried.
+    interrupted: bool = False
     totals: dict = field(init=False)
 
     def __post_init__(self) -> None:
@@ -40,6 +46,7 @@ class Report:
         self.totals = {
             "shards": len(self.shards),
             "done": len(done),
+            "resumed": sum(s.resumed for s in done),
             "failed": len(self.shards) - len(done),
             "rows_in": sum(s.rows_in for s in done),
             "rows_out": sum(s.rows_out for s in done),
@@ -68,3 +75,54 @@ class Report:
             f"{t['bytes_written'] / 1e6:,.1f} MB written in {t['seconds']:.1f} s"
         )
         return line
+
+
+#: Where receipts live, relative to the output prefix.
+RECEIPTS_DIR = "_streamfilter/receipts"
+
+
+def receipt_uri(output_prefix: str, name: str) -> str:
+    return f"{output_prefix.rstrip('/')}/{RECEIPTS_DIR}/{name}.json"
+
+
+def input_identity(info: ObjectInfo) -> dict:
+    """What says an input is still the object that was filtered: its size and version."""
+    return {"size": info.size, "etag": info.etag, "version_id": info.version_id, "mtime": info.mtime}
+
+
+@dataclass
+class Receipt:
+    """Written after a shard's output is committed; a rerun trusts it to skip the shard."""
+
+    input: str
+    input_identity: dict
+    output: str
+    output_size: int
+    output_etag: str | None
+    set_digest: str
+    key_spec: dict
+    mode: str
+    version: str
+    rows_in: int
+    rows_out: int
+    rows_removed: int
+
+    def to_json(self) -> bytes:
+        return (json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n").encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Receipt | None:
+        """The receipt, or None when it is unreadable (then the shard is simply redone)."""
+        try:
+            return cls(**json.loads(data))
+        except (ValueError, TypeError):
+            return None
+
+    def covers(self, info: ObjectInfo, set_digest: str, key_spec: dict, mode: str) -> bool:
+        """True when this receipt was made from the same input, list, key and mode."""
+        return (
+            self.input_identity == input_identity(info)
+            and self.set_digest == set_digest
+            and self.key_spec == key_spec
+            and self.mode == mode
+        )

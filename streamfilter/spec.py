@@ -14,6 +14,8 @@ from .store import StoreOptions, expand_header
 
 Mode = Literal["deny", "allow"]
 DEFAULT_CONCURRENCY = 3
+#: Kubernetes waits 30 s between SIGTERM and SIGKILL by default; leave time to abort and report.
+DEFAULT_GRACE_SECONDS = 20.0
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,10 @@ class JobSpec:
     concurrency: int = DEFAULT_CONCURRENCY
     dry_run: bool = False
     output_inside_input: bool = False
+    #: Redo every shard, even those whose receipt shows them done.
+    overwrite: bool = False
+    #: Seconds the shards in flight get to commit after SIGTERM before they give up.
+    grace_seconds: float = DEFAULT_GRACE_SECONDS
     stores: StoreOptions = field(default_factory=StoreOptions)
 
     def __post_init__(self) -> None:
@@ -41,6 +47,8 @@ class JobSpec:
             raise UsageError(f"--mode {self.mode!r}: choose deny (drop listed keys) or allow (keep only them)")
         if self.format not in FORMATS:
             raise UsageError(f"--format {self.format!r}: choose one of {', '.join(FORMATS)}")
+        if self.grace_seconds < 0:
+            raise UsageError(f"--grace-seconds {self.grace_seconds}: must be 0 or more")
         if not 1 <= self.concurrency <= 256:
             raise UsageError(f"--concurrency {self.concurrency}: choose between 1 and 256")
 
@@ -48,7 +56,7 @@ class JobSpec:
 #: Option names accepted from TOML and the API, mapped to JobSpec fields.
 OPTIONS = (
     "inputs", "output", "blocklist", "key", "key_separator", "normalize", "mode", "format", "report",
-    "concurrency", "dry_run", "output_inside_input", "s3_endpoint_url", "http_header",
+    "concurrency", "dry_run", "output_inside_input", "overwrite", "grace_seconds", "s3_endpoint_url", "http_header",
 )  # fmt: skip
 
 
@@ -56,6 +64,13 @@ def _as_list(value: Any) -> list[str]:
     if value is None:
         return []
     return [value] if isinstance(value, str) else list(value)
+
+
+def _number(opts: dict[str, Any], name: str, default: float) -> float:
+    try:
+        return float(opts.get(name, default))
+    except (TypeError, ValueError):
+        raise UsageError(f"--{name.replace('_', '-')} {opts[name]!r}: expected a number") from None
 
 
 def build_spec(options: dict[str, Any]) -> JobSpec:
@@ -82,6 +97,8 @@ def build_spec(options: dict[str, Any]) -> JobSpec:
         concurrency=concurrency,
         dry_run=bool(opts.get("dry_run", False)),
         output_inside_input=bool(opts.get("output_inside_input", False)),
+        overwrite=bool(opts.get("overwrite", False)),
+        grace_seconds=_number(opts, "grace_seconds", DEFAULT_GRACE_SECONDS),
         stores=StoreOptions(s3_endpoint_url=opts.get("s3_endpoint_url"), http_headers=headers),
     )
 

@@ -123,13 +123,23 @@ def sha256_tree(root: Path) -> dict[str, str]:
     }
 
 
-def files_under(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []
+#: Where the engine keeps its receipts under an output prefix; not output data.
+RECEIPTS = "_streamfilter/"
 
 
-def s3_keys(client, bucket: str, prefix: str = "") -> list[str]:
+def files_under(root: Path, receipts: bool = False) -> list[str]:
+    """Output files below ``root``; the receipts directory only when asked for."""
+    if not root.exists():
+        return []
+    names = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    return [n for n in names if receipts or not n.startswith(RECEIPTS)]
+
+
+def s3_keys(client, bucket: str, prefix: str = "", receipts: bool = False) -> list[str]:
+    """Object keys under ``prefix``; those of the receipts directory only when asked for."""
     resp = client.list_objects_v2(Bucket=bucket, Prefix=prefix)
-    return sorted(obj["Key"] for obj in resp.get("Contents", []))
+    keys = sorted(obj["Key"] for obj in resp.get("Contents", []))
+    return [k for k in keys if receipts or f"/{RECEIPTS}" not in f"/{k}"]
 
 
 def s3_get(client, bucket: str, key: str) -> bytes:

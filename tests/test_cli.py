@@ -34,6 +34,7 @@ REPORT_SHARD_FIELDS = {
     "bytes_written",
     "seconds",
     "error",
+    "resumed",
 }
 
 

@@ -198,7 +198,11 @@ def test_output_inside_input_prefix(tmp_path: Path, capsys) -> None:
     assert files_under(tmp_path / "data") == ["0.parquet"]
 
     assert cli.main([*argv, "--output-inside-input"]) == 0
-    assert files_under(tmp_path / "data") == ["0.parquet", "clean/0.parquet"]
+    assert files_under(tmp_path / "data") == [
+        "0.parquet",
+        "clean/0.parquet",
+        "clean/_streamfilter/receipts/0.parquet.json",
+    ]
     assert_same_table(
         read_parquet(tmp_path / "data" / "clean" / "0.parquet"), reference_filter(read_parquet(src), listed)
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import os
 import secrets
@@ -40,6 +41,8 @@ class LocalUpload(Upload):
         path.parent.mkdir(parents=True, exist_ok=True)
         # Same directory as the target, so the final rename is atomic; created
         # with the usual mode (0666 less umask), which mkstemp would not give.
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.partial"):
+            stale.unlink(missing_ok=True)  # left by a run that was killed while writing this output
         self._tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.partial")
         fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         self._file = os.fdopen(fd, "wb")

@@ -1,0 +1,232 @@
+"""Receipts, resume, --overwrite and SIGTERM: a run is safe to interrupt and to repeat."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import (
+    assert_same_table,
+    files_under,
+    parquet_bytes,
+    read_parquet,
+    reference_filter,
+    s3_keys,
+    s3_pending_uploads,
+    sample,
+    sha256_tree,
+    shard_table,
+    write_list,
+    write_shard,
+)
+
+import streamfilter
+from streamfilter import cli
+
+
+@pytest.fixture
+def shard_set(tmp_path: Path):
+    tables = {f"{i:05d}.parquet": shard_table(1200, start=i * 1200, seed=61) for i in range(4)}
+    for name, table in tables.items():
+        write_shard(tmp_path / "in" / name, table, row_group_size=400)
+    listed = [u for t in tables.values() for u in sample(t["url"], 11)]
+    return tables, listed, write_list(tmp_path / "list.txt", listed)
+
+
+def run(tmp_path: Path, blocklist: Path, *extra: str) -> streamfilter.Report:
+    return streamfilter.run(
+        [str(tmp_path / "in" / "*.parquet")], output=str(tmp_path / "out"), blocklist=[str(blocklist)], quiet=True,
+        **dict(e.split("=", 1) for e in extra),  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def test_receipts_record_each_committed_shard(tmp_path: Path, shard_set) -> None:
+    tables, listed, blocklist = shard_set
+    report = run(tmp_path, blocklist)
+
+    assert report.ok
+    receipts = sorted(p for p in files_under(tmp_path / "out", receipts=True) if p.startswith("_streamfilter/"))
+    assert receipts == [f"_streamfilter/receipts/{name}.json" for name in sorted(tables)]
+    for name, table in tables.items():
+        receipt = json.loads((tmp_path / "out" / "_streamfilter" / "receipts" / f"{name}.json").read_text())
+        expected = reference_filter(table, listed)
+        out = tmp_path / "out" / name
+        assert receipt["input"] == str(tmp_path / "in" / name)
+        assert receipt["input_identity"]["size"] == (tmp_path / "in" / name).stat().st_size
+        assert receipt["input_identity"]["mtime"] == (tmp_path / "in" / name).stat().st_mtime
+        assert receipt["output_size"] == out.stat().st_size
+        assert (receipt["rows_in"], receipt["rows_out"]) == (table.num_rows, expected.num_rows)
+        assert receipt["rows_removed"] == table.num_rows - expected.num_rows
+        assert receipt["set_digest"] == report.set_digest and receipt["mode"] == "deny"
+        assert receipt["key_spec"] == {"columns": ["url"], "separator": "\t", "normalize": "none"}
+        assert receipt["version"] == streamfilter.__version__
+        # Receipts carry counts, never keys.
+        assert not any(url in json.dumps(receipt) for url in listed)
+
+
+def test_rerun_skips_done_shards_and_redoes_changed_ones(tmp_path: Path, shard_set) -> None:
+    tables, listed, blocklist = shard_set
+    first = run(tmp_path, blocklist)
+    before = sha256_tree(tmp_path / "out")
+
+    again = run(tmp_path, blocklist)
+    assert again.ok and all(s.resumed for s in again.shards)
+    assert [s.rows_removed for s in again.shards] == [s.rows_removed for s in first.shards]
+    assert again.totals["resumed"] == 4 and again.totals["bytes_read"] == 0
+    assert sha256_tree(tmp_path / "out") == before
+
+    # A changed input, a deleted output and a corrupt receipt are redone; the rest is skipped.
+    changed = shard_table(900, start=50_000, seed=62)
+    write_shard(tmp_path / "in" / "00001.parquet", changed, row_group_size=300)
+    os.utime(tmp_path / "in" / "00001.parquet", (time.time() + 5, time.time() + 5))
+    (tmp_path / "out" / "00002.parquet").unlink()
+    (tmp_path / "out" / "_streamfilter" / "receipts" / "00003.parquet.json").write_text("{not json")
+    third = run(tmp_path, blocklist)
+
+    assert third.ok
+    assert {Path(s.input).name: s.resumed for s in third.shards} == {
+        "00000.parquet": True,
+        "00001.parquet": False,
+        "00002.parquet": False,
+        "00003.parquet": False,
+    }
+    tables["00001.parquet"] = changed
+    for name, table in tables.items():
+        assert_same_table(read_parquet(tmp_path / "out" / name), reference_filter(table, listed))
+
+
+def test_another_list_key_or_mode_redoes_everything(tmp_path: Path, shard_set) -> None:
+    tables, listed, blocklist = shard_set
+    run(tmp_path, blocklist)
+    other = write_list(tmp_path / "other.txt", listed[:5])
+
+    with_other_list = run(tmp_path, other)
+    assert not any(s.resumed for s in with_other_list.shards)
+    assert not any(s.resumed for s in run(tmp_path, other, "mode=allow").shards)
+    assert not any(s.resumed for s in run(tmp_path, other, "mode=allow", "normalize=strip").shards)
+    for name, table in tables.items():
+        expected = reference_filter(table, listed[:5], mode="allow", normalize="strip")
+        assert_same_table(read_parquet(tmp_path / "out" / name), expected)
+
+
+def test_overwrite_redoes_shards_with_receipts(tmp_path: Path, shard_set) -> None:
+    _tables, _listed, blocklist = shard_set
+    run(tmp_path, blocklist)
+    code = cli.main(
+        ["run", str(tmp_path / "in" / "*.parquet"), "--output", str(tmp_path / "out"), "--blocklist", str(blocklist),
+         "--overwrite", "--report", str(tmp_path / "report.json")]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [s["resumed"] for s in report["shards"]] == [False] * 4
+    assert all(s["bytes_read"] > 0 for s in report["shards"])
+
+
+def test_dry_run_ignores_and_writes_no_receipts(tmp_path: Path, shard_set) -> None:
+    _tables, _listed, blocklist = shard_set
+    run(tmp_path, blocklist)
+    before = sha256_tree(tmp_path / "out")
+    report = streamfilter.run(
+        [str(tmp_path / "in" / "*.parquet")], blocklist=[str(blocklist)], dry_run=True, quiet=True
+    )
+    assert report.ok and not any(s.resumed for s in report.shards)
+    assert sha256_tree(tmp_path / "out") == before
+
+
+def test_s3_receipts_and_resume(s3_endpoint, s3_client, bucket, tmp_path: Path) -> None:
+    table = shard_table(1000, seed=63)
+    for i in range(2):
+        s3_client.put_object(Bucket=bucket, Key=f"in/{i}.parquet", Body=parquet_bytes(table))
+    blocklist = write_list(tmp_path / "list.txt", sample(table["url"], 9))
+    options = dict(output=f"s3://{bucket}/out/", blocklist=[str(blocklist)], s3_endpoint_url=s3_endpoint, quiet=True)
+
+    first = streamfilter.run([f"s3://{bucket}/in/*.parquet"], **options)
+    second = streamfilter.run([f"s3://{bucket}/in/*.parquet"], **options)
+
+    assert first.ok and second.ok
+    assert s3_keys(s3_client, bucket, "out/", receipts=True) == [
+        "out/0.parquet",
+        "out/1.parquet",
+        "out/_streamfilter/receipts/0.parquet.json",
+        "out/_streamfilter/receipts/1.parquet.json",
+    ]
+    receipt_key = "out/_streamfilter/receipts/0.parquet.json"
+    receipt = json.loads(s3_client.get_object(Bucket=bucket, Key=receipt_key)["Body"].read())
+    head = s3_client.head_object(Bucket=bucket, Key="out/0.parquet")
+    assert receipt["output_etag"] == head["ETag"] and receipt["output_size"] == head["ContentLength"]
+    assert receipt["input_identity"]["etag"] == s3_client.head_object(Bucket=bucket, Key="in/0.parquet")["ETag"]
+    assert all(s.resumed for s in second.shards)
+    assert s3_pending_uploads(s3_client, bucket) == []
+
+
+def _start_cli(tmp_path: Path, blocklist: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "streamfilter.cli", "run", str(tmp_path / "in" / "*.parquet"), "--output",
+         str(tmp_path / "out"), "--blocklist", str(blocklist), "--report", str(tmp_path / "report.json"), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def slow_set(tmp_path: Path):
+    """Enough row groups that a run is still going when the signal arrives."""
+    tables = {f"{i:05d}.parquet": shard_table(40_000, start=i * 40_000, seed=64) for i in range(6)}
+    for name, table in tables.items():
+        write_shard(tmp_path / "in" / name, table, row_group_size=500)
+    listed = [u for t in tables.values() for u in sample(t["url"], 50)]
+    return tables, listed, write_list(tmp_path / "list.txt", listed)
+
+
+def _wait_for_first_receipt(tmp_path: Path, proc: subprocess.Popen) -> None:
+    receipts = tmp_path / "out" / "_streamfilter" / "receipts"
+    deadline = time.monotonic() + 60
+    while not (receipts.exists() and any(receipts.iterdir())) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+
+
+def test_sigterm_stops_cleanly_and_a_rerun_finishes(tmp_path: Path, slow_set) -> None:
+    tables, listed, blocklist = slow_set
+    proc = _start_cli(tmp_path, blocklist, "--concurrency", "1", "--grace-seconds", "0")
+    _wait_for_first_receipt(tmp_path, proc)
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=60)
+
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by a signal" in err
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["interrupted"] is True
+    done = {Path(s["input"]).name for s in report["shards"] if s["status"] == "done"}
+    assert 1 <= len(done) < len(tables)
+    # Only whole, committed outputs are visible; no temporary files remain.
+    assert files_under(tmp_path / "out") == sorted(done)
+    assert not [p for p in (tmp_path / "out").rglob("*.partial")]
+
+    code = cli.main(["run", str(tmp_path / "in" / "*.parquet"), "--output", str(tmp_path / "out"),
+                     "--blocklist", str(blocklist), "--report", str(tmp_path / "report.json")])  # fmt: skip
+    assert code == 0
+    rerun = json.loads((tmp_path / "report.json").read_text())
+    resumed = {Path(s["input"]).name for s in rerun["shards"] if s["resumed"]}
+    assert resumed == done
+    for name, table in tables.items():
+        assert_same_table(read_parquet(tmp_path / "out" / name), reference_filter(table, listed))
+
+
+@pytest.mark.parametrize("when", [0.05, 0.3, 0.8])
+def test_sigkill_then_rerun_gives_the_uninterrupted_output(tmp_path: Path, slow_set, when: float) -> None:
+    tables, listed, blocklist = slow_set
+    proc = _start_cli(tmp_path, blocklist)
+    time.sleep(when)
+    proc.kill()
+    proc.communicate(timeout=60)
+
+    assert cli.main(["run", str(tmp_path / "in" / "*.parquet"), "--output", str(tmp_path / "out"),
+                     "--blocklist", str(blocklist)]) == 0  # fmt: skip
+    assert files_under(tmp_path / "out") == sorted(tables)
+    for name, table in tables.items():
+        assert_same_table(read_parquet(tmp_path / "out" / name), reference_filter(table, listed))
