@@ -48,21 +48,10 @@ async def arun(inputs: list[str] | str, *, quiet: bool = False, verbose: bool = 
     from .progress import Progress
 
     spec = build_spec({"inputs": [inputs] if isinstance(inputs, str) else list(inputs), **options})
-    progress = Progress(0, live=False) if not quiet else Progress(0, stream=_Null(), live=False)
+    progress = Progress.silent() if quiet else Progress(0, live=False)
     return await run_job(spec, progress=progress, verbose=verbose)
 
 
 def run(inputs: list[str] | str, **options: Any) -> Report:
     """The blocking form of :func:`arun`, for scripts and notebooks without a running loop."""
     return anyio.run(lambda: arun(inputs, **options))
-
-
-class _Null:
-    def write(self, text: str) -> int:
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-    def isatty(self) -> bool:
-        return False

@@ -11,8 +11,9 @@ from typing import Any
 import anyio
 
 from ._version import __version__
-from .errors import StreamfilterError, UsageError
+from .errors import StreamfilterError, UsageError, redact_uri
 from .ledger import Report
+from .progress import Progress
 from .spec import DEFAULT_CONCURRENCY, JobSpec, build_spec, load_config
 
 
@@ -50,6 +51,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", metavar="FILE.toml", help="options from TOML; flags given here win")
     run.add_argument("--verbose", action="store_true", help="tracebacks and debug logs")
 
+    verify = sub.add_parser("verify", help="re-read the outputs of a run and check them against the list")
+    verify.add_argument("output", metavar="OUTPUT", help="the --output prefix of the run")
+    verify.add_argument("--blocklist", action="append", metavar="LIST", help="the list to check against")
+    verify.add_argument("--key", metavar="COL[,COL]", help="key column(s) (default: url)")
+    verify.add_argument("--key-separator", metavar="SEP", help="joins several key columns (default: tab)")
+    verify.add_argument("--normalize", choices=["none", "strip"], help="as in the run (default: none)")
+    verify.add_argument("--mode", choices=["deny", "allow"], help="as in the run (default: deny)")
+    verify.add_argument("--concurrency", type=int, metavar="N", help="outputs read at once")
+    verify.add_argument("--s3-endpoint-url", metavar="URL", help="S3-compatible endpoint")
+    verify.add_argument("--http-header", action="append", metavar="'NAME: VALUE'", help="$VAR expands")
+    verify.add_argument("--verbose", action="store_true", help="tracebacks and debug logs")
+
     demo = sub.add_parser("demo", help="generate a small shard set locally and filter it")
     demo.add_argument(
         "dir", nargs="?", default="streamfilter-demo", help="where to write (default: ./streamfilter-demo)"
@@ -58,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
-    options = load_config(args.config) if args.config else {}
+    options = load_config(args.config) if getattr(args, "config", None) else {}
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "verbose") and v is not None}
     if not flags.get("inputs"):
         flags.pop("inputs", None)
@@ -76,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_demo(args.dir)
 
+        if args.command == "verify":
+            return _verify(args)
         spec = build_spec(_options(args))
         report = anyio.run(_run_until_signalled, spec, args.verbose)
     except StreamfilterError as exc:
@@ -91,6 +106,21 @@ def main(argv: list[str] | None = None) -> int:
         print("streamfilter: stopped by a signal; shards not done are in the report, rerun to finish", file=sys.stderr)
         return 128 + signal.SIGTERM
     return 0 if report.ok else 1
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .verify import verify_outputs
+
+    options = _options(args)
+    spec = build_spec({**options, "inputs": [options["output"]]})
+    verdicts = anyio.run(lambda: verify_outputs(spec, progress=Progress.silent()))
+    for verdict in verdicts:
+        if not verdict.ok:
+            print(f"failed {redact_uri(verdict.output)}: {verdict.problem}", file=sys.stderr)
+    bad = sum(not v.ok for v in verdicts)
+    rows = sum(v.rows for v in verdicts)
+    print(f"verified {len(verdicts)} outputs, {rows:,} rows: {len(verdicts) - bad} clean, {bad} failed")
+    return 1 if bad else 0
 
 
 async def _run_until_signalled(spec: JobSpec, verbose: bool) -> Report:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 import threading
 import time
@@ -22,6 +23,11 @@ class Progress:
         self._start = time.monotonic()
         self._last_draw = 0.0
         self._lock = threading.Lock()
+
+    @classmethod
+    def silent(cls) -> Progress:
+        """A progress that prints nothing (API calls with quiet=True, verify)."""
+        return cls(0, stream=io.StringIO(), live=False)
 
     def add(self, rows: int, nbytes: int) -> None:
         with self._lock:

@@ -230,3 +230,41 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_output(tmp_path: Path, slow_
     assert files_under(tmp_path / "out") == sorted(tables)
     for name, table in tables.items():
         assert_same_table(read_parquet(tmp_path / "out" / name), reference_filter(table, listed))
+
+
+def _verify(tmp_path: Path, blocklist: Path, *extra: str) -> int:
+    return cli.main(["verify", str(tmp_path / "out"), "--blocklist", str(blocklist), *extra])
+
+
+def test_verify_confirms_a_clean_run_and_catches_tampering(tmp_path: Path, shard_set, capsys) -> None:
+    tables, listed, blocklist = shard_set
+    assert run(tmp_path, blocklist).ok
+    capsys.readouterr()
+
+    assert _verify(tmp_path, blocklist) == 0
+    out = capsys.readouterr().out
+    total = sum(reference_filter(t, listed).num_rows for t in tables.values())
+    assert f"verified 4 outputs, {total:,} rows: 4 clean, 0 failed" in out
+
+    # An output with a listed row put back, and one with a row dropped, both fail.
+    tampered = read_parquet(tmp_path / "in" / "00001.parquet")
+    write_shard(tmp_path / "out" / "00001.parquet", tampered, row_group_size=400)
+    shorter = read_parquet(tmp_path / "out" / "00002.parquet").slice(1)
+    write_shard(tmp_path / "out" / "00002.parquet", shorter, row_group_size=400)
+    assert _verify(tmp_path, blocklist) == 1
+    captured = capsys.readouterr()
+    assert "2 clean, 2 failed" in captured.out
+    err = captured.err.splitlines()
+    assert len(err) == 2
+    assert any("00001.parquet" in line and "listed keys remain" in line for line in err)
+    assert any("00002.parquet" in line and "the receipt says" in line for line in err)
+    assert not any(url in captured.err + captured.out for url in listed)
+
+
+def test_verify_an_allow_run_and_a_missing_receipt_dir(tmp_path: Path, shard_set, capsys) -> None:
+    _tables, _listed, blocklist = shard_set
+    assert _verify(tmp_path, blocklist) == 2
+    assert "no receipts under" in capsys.readouterr().err
+    assert run(tmp_path, blocklist, "mode=allow").ok
+    assert _verify(tmp_path, blocklist, "--mode", "allow") == 0
+    assert _verify(tmp_path, blocklist) == 1  # checked as deny: every kept row is listed

@@ -1,0 +1,70 @@
+"""`streamfilter verify`: re-read committed outputs and prove the run did what its receipts say.
+
+Each receipt names an output. The outputs are read again (key columns only) and
+matched against the list: in deny mode no row may match, in allow mode every row
+must, and the row count must be the one the receipt recorded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from .errors import StreamfilterError, UsageError, redact_uri
+from .ledger import RECEIPTS_DIR, Receipt, Report
+from .progress import Progress
+from .spec import JobSpec
+from .store import Stores
+
+
+@dataclass
+class Verdict:
+    output: str
+    ok: bool
+    rows: int
+    problem: str | None = None
+
+
+async def load_receipts(output_prefix: str, stores: Stores) -> list[Receipt]:
+    prefix = f"{output_prefix.rstrip('/')}/{RECEIPTS_DIR}/"
+    store = stores.for_uri(prefix)
+    receipts = []
+    for info in await store.list(prefix):
+        if info.uri.endswith(".json"):
+            receipt = Receipt.from_json(await store.read_all(info.uri))
+            if receipt is None:
+                raise StreamfilterError(f"receipt {redact_uri(info.uri)} is unreadable; rerun the job to rewrite it")
+            receipts.append(receipt)
+    if not receipts:
+        raise UsageError(
+            f"no receipts under {redact_uri(prefix)}: nothing to verify (was the job run with this output?)"
+        )
+    return receipts
+
+
+async def verify_outputs(spec: JobSpec, *, progress: Progress | None = None) -> list[Verdict]:
+    """Check every output that has a receipt under ``spec.output`` against the list in ``spec``."""
+    from .engine import run_job  # the dry-run pipeline does the reading and matching
+
+    assert spec.output is not None
+    stores = Stores(spec.stores)
+    try:
+        receipts = await load_receipts(spec.output, stores)
+    finally:
+        await stores.aclose()
+    dry = dataclasses.replace(spec, inputs=tuple(r.output for r in receipts), output=None, dry_run=True, report=None)
+    report: Report = await run_job(dry, progress=progress)
+    by_output = {s.input: s for s in report.shards}
+    verdicts = []
+    for receipt in receipts:
+        shard = by_output[receipt.output]
+        problem = None
+        if shard.status != "done":
+            problem = shard.error
+        elif shard.rows_removed:
+            what = "listed keys remain" if spec.mode == "deny" else "rows with unlisted keys remain"
+            problem = f"{shard.rows_removed} {what}"
+        elif shard.rows_in != receipt.rows_out:
+            problem = f"{shard.rows_in} rows, the receipt says {receipt.rows_out}"
+        verdicts.append(Verdict(receipt.output, problem is None, shard.rows_in, problem))
+    return verdicts
