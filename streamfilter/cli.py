@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--output-inside-input", action="store_true", default=None, help="allow output under the input prefix"
     )
+    run.add_argument("--in-place", action="store_true", default=None, help="replace each input by its rewrite")
+    run.add_argument("--backup", metavar="PREFIX", help="with --in-place: copy the originals here first")
     run.add_argument("--overwrite", action="store_true", default=None, help="redo shards whose receipts show them done")
     run.add_argument("--grace-seconds", type=float, metavar="S", help="after SIGTERM, time to commit in-flight shards")
     run.add_argument("--s3-endpoint-url", metavar="URL", help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL)")

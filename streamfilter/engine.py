@@ -35,7 +35,7 @@ from .plan import Shard, plan_shards
 from .progress import Progress
 from .sets import ExactKeySet, build_key_set
 from .spec import JobSpec
-from .store import ObjectInfo, PartSink, Stores
+from .store import ObjectInfo, PartSink, Stores, scheme_of
 
 log = logging.getLogger("streamfilter")
 
@@ -111,6 +111,8 @@ class RunContext:
     tools: ShardTools
     set_digest: str
     verbose: bool
+    #: The prefix written under (the output prefix, or the inputs' common prefix in place).
+    output_root: str | None
 
 
 async def read_receipt(shard: Shard, ctx: RunContext, info: ObjectInfo) -> Receipt | None:
@@ -119,9 +121,9 @@ async def read_receipt(shard: Shard, ctx: RunContext, info: ObjectInfo) -> Recei
     Trusted only when it names the same input version, list, key and mode, and the
     output it describes is still there with the size it recorded.
     """
-    if shard.output is None or ctx.spec.overwrite or ctx.spec.output is None:
+    if shard.output is None or ctx.spec.overwrite or ctx.output_root is None:
         return None
-    uri = receipt_uri(ctx.spec.output, shard.name)
+    uri = receipt_uri(ctx.output_root, shard.name)
     store = ctx.stores.for_uri(uri)
     try:
         receipt = Receipt.from_json(await store.read_all(uri))
@@ -174,6 +176,9 @@ async def process_shard(shard: Shard, ctx: RunContext) -> ShardReport:
                     pipeline, source, None, label, ctx.tools
                 )
             else:
+                if ctx.spec.backup is not None:
+                    backup = f"{ctx.spec.backup.rstrip('/')}/{shard.name}"
+                    await ctx.stores.for_uri(backup).copy(info, backup)
                 report.rows_in, report.rows_out, written = await rewrite(shard, ctx, pipeline, source, label)
                 report.bytes_written = written.size
                 await write_receipt(shard, ctx, info, written, report)
@@ -198,13 +203,14 @@ async def write_receipt(
     shard: Shard, ctx: RunContext, info: ObjectInfo, written: ObjectInfo, report: ShardReport
 ) -> None:
     """Record the committed shard; without a receipt a rerun redoes it, which is safe."""
-    assert ctx.spec.output is not None and shard.output is not None
+    assert ctx.output_root is not None and shard.output is not None
     receipt = Receipt(
         input=shard.input,
         input_identity=input_identity(info),
         output=shard.output,
         output_size=written.size,
         output_etag=written.etag,
+        output_identity=input_identity(written),
         set_digest=ctx.set_digest,
         key_spec=ctx.spec.key.to_dict(),
         mode=ctx.spec.mode,
@@ -213,7 +219,7 @@ async def write_receipt(
         rows_out=report.rows_out,
         rows_removed=report.rows_in - report.rows_out,
     )
-    uri = receipt_uri(ctx.spec.output, shard.name)
+    uri = receipt_uri(ctx.output_root, shard.name)
     try:
         await ctx.stores.for_uri(uri).put(uri, receipt.to_json())
     except StreamfilterError as exc:
@@ -236,7 +242,16 @@ async def run_job(
     stores = Stores(spec.stores)
     stop = stop or anyio.Event()
     try:
-        shards = await plan_shards(spec.inputs, None if spec.dry_run else spec.output, stores, spec.output_inside_input)
+        plan = await plan_shards(
+            spec.inputs,
+            None if spec.dry_run else spec.output,
+            stores,
+            output_inside_input=spec.output_inside_input,
+            in_place=spec.in_place and not spec.dry_run,
+        )
+        shards = plan.shards
+        if spec.backup is not None and {scheme_of(spec.backup)} != {scheme_of(s.input) for s in shards}:
+            raise UsageError(f"--backup {redact_uri(spec.backup)}: use the same kind of store as the inputs")
         for shard in shards:
             detect_format(shard.input, spec.format)
         if shards[0].output is not None and not stores.for_uri(shards[0].output).writable:
@@ -253,7 +268,7 @@ async def run_job(
         reports: list[ShardReport] = [ShardReport(s.input, s.output) for s in shards]
         limiter = anyio.CapacityLimiter(spec.concurrency)
         async with BlockingPortal() as portal, anyio.create_task_group() as tg:
-            ctx = RunContext(spec, stores, portal, tools, key_set.digest, verbose)
+            ctx = RunContext(spec, stores, portal, tools, key_set.digest, verbose, plan.output_root)
 
             async def run_one(index: int) -> None:
                 async with limiter:

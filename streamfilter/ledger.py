@@ -99,6 +99,8 @@ class Receipt:
     output: str
     output_size: int
     output_etag: str | None
+    #: Like ``input_identity``, for the output: an in-place rerun finds it as its input.
+    output_identity: dict
     set_digest: str
     key_spec: dict
     mode: str
@@ -119,9 +121,13 @@ class Receipt:
             return None
 
     def covers(self, info: ObjectInfo, set_digest: str, key_spec: dict, mode: str) -> bool:
-        """True when this receipt was made from the same input, list, key and mode."""
+        """True when this receipt was made from the same input, list, key and mode.
+
+        In place, the object now there is this receipt's output: that counts too.
+        """
+        identity = input_identity(info)
         return (
-            self.input_identity == input_identity(info)
+            identity in (self.input_identity, self.output_identity)
             and self.set_digest == set_digest
             and self.key_spec == key_spec
             and self.mode == mode

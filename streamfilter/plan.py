@@ -118,9 +118,22 @@ def common_dir(uris: list[str]) -> str:
     return prefix[: prefix.rfind("/") + 1]
 
 
+@dataclass(frozen=True)
+class Plan:
+    shards: list[Shard]
+    #: The prefix the run writes under (receipts go below it); None for a dry run.
+    output_root: str | None
+
+
 async def plan_shards(
-    inputs: list[str] | tuple[str, ...], output: str | None, stores: Stores, output_inside_input: bool = False
-) -> list[Shard]:
+    inputs: list[str] | tuple[str, ...],
+    output: str | None,
+    stores: Stores,
+    *,
+    output_inside_input: bool = False,
+    in_place: bool = False,
+) -> Plan:
+    """Expand the inputs and name each shard's output: under ``output``, or the input itself."""
     uris: list[str] = []
     for expr in inputs:
         uris += await expand_input(expr, stores)
@@ -129,8 +142,13 @@ async def plan_shards(
         raise UsageError("no input shard: the inputs expanded to nothing")
     base = common_dir(uris)
     names = [_comparable(u)[len(base) :] for u in uris]
+    if in_place:
+        for uri in uris:
+            if not stores.for_uri(uri).writable:
+                raise UsageError(f"--in-place cannot replace {redact_uri(uri)}: its store is read-only")
+        return Plan([Shard(u, u, n) for u, n in zip(uris, names, strict=True)], base)
     if output is None:
-        return [Shard(u, None, n) for u, n in zip(uris, names, strict=True)]
+        return Plan([Shard(u, None, n) for u, n in zip(uris, names, strict=True)], None)
     out_prefix = output if output.endswith("/") else output + "/"
     if _comparable(out_prefix).startswith(base) and not output_inside_input:
         raise UsageError(
@@ -140,5 +158,8 @@ async def plan_shards(
     shards = [Shard(u, out_prefix + n, n) for u, n in zip(uris, names, strict=True)]
     clash = {_comparable(s.output) for s in shards if s.output} & {_comparable(u) for u in uris}
     if clash:
-        raise UsageError(f"output would replace input {redact_uri(sorted(clash)[0])}; choose another --output prefix")
-    return shards
+        raise UsageError(
+            f"output would replace input {redact_uri(sorted(clash)[0])}; choose another --output prefix, "
+            "or clean in place with --in-place"
+        )
+    return Plan(shards, out_prefix)

@@ -32,6 +32,10 @@ class JobSpec:
     output_inside_input: bool = False
     #: Redo every shard, even those whose receipt shows them done.
     overwrite: bool = False
+    #: Replace each input by its filtered rewrite (``output`` stays None).
+    in_place: bool = False
+    #: With ``in_place``: copy each original here (server-side where possible) before replacing it.
+    backup: str | None = None
     #: Seconds the shards in flight get to commit after SIGTERM before they give up.
     grace_seconds: float = DEFAULT_GRACE_SECONDS
     stores: StoreOptions = field(default_factory=StoreOptions)
@@ -41,8 +45,12 @@ class JobSpec:
             raise UsageError("no input: name at least one shard, glob, brace range or @manifest")
         if not self.blocklists:
             raise UsageError("no membership list: pass --blocklist FILE (one key a line, or FILE.parquet:COLUMN)")
-        if self.output is None and not self.dry_run:
-            raise UsageError("no output: pass --output PREFIX (or --dry-run to only count matches)")
+        if self.in_place and self.output is not None:
+            raise UsageError("--in-place replaces the inputs: leave out --output")
+        if self.backup is not None and not self.in_place:
+            raise UsageError("--backup goes with --in-place: it keeps the originals that --in-place replaces")
+        if self.output is None and not (self.dry_run or self.in_place):
+            raise UsageError("no output: pass --output PREFIX, or --in-place, or --dry-run to only count matches")
         if self.mode not in ("deny", "allow"):
             raise UsageError(f"--mode {self.mode!r}: choose deny (drop listed keys) or allow (keep only them)")
         if self.format not in FORMATS:
@@ -56,7 +64,8 @@ class JobSpec:
 #: Option names accepted from TOML and the API, mapped to JobSpec fields.
 OPTIONS = (
     "inputs", "output", "blocklist", "key", "key_separator", "normalize", "mode", "format", "report",
-    "concurrency", "dry_run", "output_inside_input", "overwrite", "grace_seconds", "s3_endpoint_url", "http_header",
+    "concurrency", "dry_run", "output_inside_input", "overwrite", "in_place", "backup", "grace_seconds",
+    "s3_endpoint_url", "http_header",
 )  # fmt: skip
 
 
@@ -98,6 +107,8 @@ def build_spec(options: dict[str, Any]) -> JobSpec:
         dry_run=bool(opts.get("dry_run", False)),
         output_inside_input=bool(opts.get("output_inside_input", False)),
         overwrite=bool(opts.get("overwrite", False)),
+        in_place=bool(opts.get("in_place", False)),
+        backup=opts.get("backup"),
         grace_seconds=_number(opts, "grace_seconds", DEFAULT_GRACE_SECONDS),
         stores=StoreOptions(s3_endpoint_url=opts.get("s3_endpoint_url"), http_headers=headers),
     )

@@ -268,3 +268,60 @@ def test_verify_an_allow_run_and_a_missing_receipt_dir(tmp_path: Path, shard_set
     assert run(tmp_path, blocklist, "mode=allow").ok
     assert _verify(tmp_path, blocklist, "--mode", "allow") == 0
     assert _verify(tmp_path, blocklist) == 1  # checked as deny: every kept row is listed
+
+
+def test_in_place_replaces_each_input_and_keeps_a_backup(tmp_path: Path, shard_set) -> None:
+    tables, listed, blocklist = shard_set
+    originals = sha256_tree(tmp_path / "in")
+    options = dict(blocklist=[str(blocklist)], in_place=True, backup=str(tmp_path / "backup"), quiet=True)
+
+    report = streamfilter.run([str(tmp_path / "in" / "*.parquet")], **options)
+
+    assert report.ok
+    for name, table in tables.items():
+        assert_same_table(read_parquet(tmp_path / "in" / name), reference_filter(table, listed))
+    assert sha256_tree(tmp_path / "backup") == originals
+    assert not [p for p in (tmp_path / "in").rglob("*.partial")]
+    # A rerun finds each object is already the cleaned rewrite its receipt describes.
+    cleaned = {k: v for k, v in sha256_tree(tmp_path / "in").items() if not k.startswith("_streamfilter")}
+    again = streamfilter.run([str(tmp_path / "in" / "*.parquet")], **options)
+    assert again.ok and all(s.resumed for s in again.shards)
+    assert {k: v for k, v in sha256_tree(tmp_path / "in").items() if not k.startswith("_streamfilter")} == cleaned
+
+
+def test_in_place_on_s3_with_server_side_backup(s3_endpoint, s3_client, bucket, tmp_path: Path) -> None:
+    table = shard_table(900, seed=65)
+    original = parquet_bytes(table)
+    s3_client.put_object(Bucket=bucket, Key="data/0.parquet", Body=original)
+    listed = sample(table["url"], 8)
+    blocklist = write_list(tmp_path / "list.txt", listed)
+
+    report = streamfilter.run(
+        [f"s3://{bucket}/data/*.parquet"],
+        blocklist=[str(blocklist)],
+        in_place=True,
+        backup=f"s3://{bucket}/backup/",
+        s3_endpoint_url=s3_endpoint,
+        quiet=True,
+    )
+
+    assert report.ok, report.shards[0].error
+    assert s3_client.get_object(Bucket=bucket, Key="backup/0.parquet")["Body"].read() == original
+    cleaned = s3_client.get_object(Bucket=bucket, Key="data/0.parquet")["Body"].read()
+    assert_same_table(read_parquet(cleaned), reference_filter(table, listed))
+    assert s3_pending_uploads(s3_client, bucket) == []
+
+
+def test_in_place_refusals(tmp_path: Path, shard_set, http_server, capsys) -> None:
+    _tables, _listed, blocklist = shard_set
+    base = ["run", str(tmp_path / "in" / "*.parquet"), "--blocklist", str(blocklist)]
+    before = sha256_tree(tmp_path / "in")
+    assert cli.main([*base, "--in-place", "--output", str(tmp_path / "out")]) == 2
+    assert "leave out --output" in capsys.readouterr().err
+    assert cli.main([*base, "--output", str(tmp_path / "out"), "--backup", str(tmp_path / "b")]) == 2
+    assert "--backup goes with --in-place" in capsys.readouterr().err
+    assert cli.main([*base, "--in-place", "--backup", "s3://bucket/backup/"]) == 2
+    assert "same kind of store" in capsys.readouterr().err
+    assert cli.main(["run", f"{http_server.url}/any.parquet", "--blocklist", str(blocklist), "--in-place"]) == 2
+    assert "read-only" in capsys.readouterr().err
+    assert sha256_tree(tmp_path / "in") == before
