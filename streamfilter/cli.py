@@ -83,7 +83,9 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     verbose = "--verbose" in (argv if argv is not None else sys.argv[1:])
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    # Only our own logger goes to DEBUG: botocore's debug log prints signed headers (key id, session token).
+    logging.getLogger("streamfilter").setLevel(logging.DEBUG if verbose else logging.WARNING)
     try:
         args = _parser().parse_args(argv)
         if args.command == "demo":

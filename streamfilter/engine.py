@@ -153,7 +153,7 @@ async def rewrite(shard: Shard, ctx: RunContext, pipeline: Callable, source: Bin
 
 async def process_shard(shard: Shard, ctx: RunContext) -> ShardReport:
     """Run one shard start to finish; every failure ends up in its report, never raised."""
-    report = ShardReport(shard.input, shard.output)
+    report = ShardReport(redact_uri(shard.input), shard.output and redact_uri(shard.output))
     start = time.perf_counter()
     source = None
     try:
@@ -205,9 +205,9 @@ async def write_receipt(
     """Record the committed shard; without a receipt a rerun redoes it, which is safe."""
     assert ctx.output_root is not None and shard.output is not None
     receipt = Receipt(
-        input=shard.input,
+        input=redact_uri(shard.input),
         input_identity=input_identity(info),
-        output=shard.output,
+        output=redact_uri(shard.output),
         output_size=written.size,
         output_etag=written.etag,
         output_identity=input_identity(written),
@@ -265,7 +265,7 @@ async def run_job(
         tools = ShardTools(
             Filter(spec.key, key_set, spec.mode), progress, in_flight < (os.cpu_count() or 1), threading.Event()
         )
-        reports: list[ShardReport] = [ShardReport(s.input, s.output) for s in shards]
+        reports = [ShardReport(redact_uri(s.input), s.output and redact_uri(s.output)) for s in shards]
         limiter = anyio.CapacityLimiter(spec.concurrency)
         async with BlockingPortal() as portal, anyio.create_task_group() as tg:
             ctx = RunContext(spec, stores, portal, tools, key_set.digest, verbose, plan.output_root)

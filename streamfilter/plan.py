@@ -90,7 +90,7 @@ async def expand_input(expr: str, stores: Stores) -> list[str]:
         return uris
     uris = []
     for uri in expand_braces(expr):
-        if not _WILDCARD.search(uri):
+        if not _WILDCARD.search(_location(uri)):
             uris.append(uri)
             continue
         prefix = uri[: _WILDCARD.search(uri).start()]  # type: ignore[union-attr]
@@ -103,12 +103,19 @@ async def expand_input(expr: str, stores: Stores) -> list[str]:
     return uris
 
 
+def _location(uri: str) -> str:
+    """The URI without an HTTP query or fragment: a signed URL's ``?`` is no glob and no part of a name."""
+    if scheme_of(uri) in ("http", "https"):
+        return uri.split("#", 1)[0].split("?", 1)[0]
+    return uri
+
+
 def _comparable(uri: str) -> str:
     """A form in which two spellings of the same location compare equal."""
     if scheme_of(uri) == "file":
         path = uri[len("file://") :] if uri.startswith("file://") else uri
         return os.path.abspath(path) + ("/" if uri.endswith("/") else "")
-    return uri
+    return _location(uri)
 
 
 def common_dir(uris: list[str]) -> str:

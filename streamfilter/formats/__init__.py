@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from ..errors import UsageError
+from urllib.parse import urlsplit
+
+from ..errors import UsageError, redact_uri
 
 FORMATS = ("auto", "parquet")
 _EXTENSIONS = {".parquet": "parquet", ".pq": "parquet"}
@@ -14,8 +16,8 @@ def detect_format(uri: str, requested: str) -> str:
         raise UsageError(f"--format {requested}: this version handles {', '.join(FORMATS)}")
     if requested != "auto":
         return requested
-    name = uri.rsplit("/", 1)[-1].lower()
+    name = urlsplit(uri).path.rsplit("/", 1)[-1].lower() if "://" in uri else uri.rsplit("/", 1)[-1].lower()
     for ext, fmt in _EXTENSIONS.items():
         if name.endswith(ext):
             return fmt
-    raise UsageError(f"cannot tell the format of {uri} from its extension; pass --format parquet")
+    raise UsageError(f"cannot tell the format of {redact_uri(uri)} from its extension; pass --format parquet")

@@ -17,6 +17,17 @@ import pyarrow.parquet as pq
 from ..errors import ShardError
 
 PARQUET_MAGIC = b"PAR1"
+#: The magic of a Parquet file whose footer is encrypted (we cannot read those, but say so plainly).
+_ENCRYPTED_MAGIC = b"PARE"
+
+#: Largest footer (file metadata) we let pyarrow parse. The footer describes every column chunk of
+#: every row group: a LAION-style shard's is a few KiB, the widest real files reach a few MiB. A
+#: hostile length field would otherwise make us fetch and parse that much before any check.
+MAX_FOOTER_BYTES = 64 * 1024 * 1024
+#: Largest row group we decode, by the uncompressed size its metadata declares. Decoded memory per
+#: shard in flight is about this much (plus the filtered copy), so the cap bounds what one shard can
+#: claim; LAION metadata shards have row groups of 10-100 MiB.
+MAX_ROW_GROUP_BYTES = 2 * 1024**3
 _VERSIONS = {"1.0", "2.4", "2.6"}
 _CODECS = {"UNCOMPRESSED": "none"}
 
@@ -37,6 +48,49 @@ def row_group_span(metadata: pq.FileMetaData, index: int, columns: list[str] | N
     return (min(starts), max(ends)) if starts else (0, 0)
 
 
+def _size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n:,} bytes"
+
+
+def row_group_bytes(metadata: pq.FileMetaData, index: int, columns: list[str] | None = None) -> int:
+    """The uncompressed size the metadata declares for one row group (of ``columns`` only, if given)."""
+    rg = metadata.row_group(index)
+    chunks = [rg.column(j) for j in range(rg.num_columns)]
+    if columns is not None:
+        return sum(c.total_uncompressed_size for c in chunks if c.path_in_schema.split(".", 1)[0] in columns)
+    # total_byte_size is the sum over the chunks, but some writers fill in only one of the two.
+    return max(rg.total_byte_size, sum(c.total_uncompressed_size for c in chunks))
+
+
+def footer_length(file: BinaryIO, name: str) -> int:
+    """The footer size recorded in the last 8 bytes, checked before pyarrow reads that many."""
+    size = file.seek(0, 2)
+    if size < 12:  # leading magic, footer length, trailing magic
+        raise ShardError(f"{name} is not a readable Parquet file (only {size} bytes); check the object")
+    file.seek(size - 8)
+    tail = bytes(file.read(8))
+    file.seek(0)
+    if tail[4:] == _ENCRYPTED_MAGIC:
+        raise ShardError(f"{name} is not a readable Parquet file (its footer is encrypted); decrypt it first")
+    if tail[4:] != PARQUET_MAGIC:
+        raise ShardError(f"{name} is not a readable Parquet file (no PAR1 magic at its end); check the object")
+    length = int.from_bytes(tail[:4], "little")
+    if length > MAX_FOOTER_BYTES:
+        raise ShardError(
+            f"{name}: its Parquet footer claims {length:,} bytes, over the {_size(MAX_FOOTER_BYTES)} limit; "
+            "the file is corrupt or hostile, check the object"
+        )
+    if length > size - 12:
+        raise ShardError(
+            f"{name} is not a readable Parquet file (its footer claims {length:,} bytes of a {size:,}-byte "
+            "file; truncated?); check the object"
+        )
+    return length
+
+
 class ParquetShard:
     """A Parquet file opened for streaming: footer read, row groups decoded on demand."""
 
@@ -47,6 +101,7 @@ class ParquetShard:
         if prefetch is not None:
             size = file.seek(0, 2)
             prefetch([(max(0, size - 64 * 1024), size)])  # the footer, in one request
+        footer_length(file, name)
         try:
             # pre_buffer off: we prefetch whole row groups ourselves, one ahead.
             self._pf = pq.ParquetFile(file, pre_buffer=False)
@@ -59,12 +114,23 @@ class ParquetShard:
     def num_row_groups(self) -> int:
         return self.metadata.num_row_groups
 
+    def check_row_groups(self, columns: list[str] | None = None) -> None:
+        """Refuse the shard before any row group is fetched if one would decode past the cap."""
+        for i in range(self.num_row_groups):
+            declared = row_group_bytes(self.metadata, i, columns)
+            if declared > MAX_ROW_GROUP_BYTES:
+                raise ShardError(
+                    f"{self.name}: row group {i} would decode to {declared:,} bytes, over the "
+                    f"{_size(MAX_ROW_GROUP_BYTES)} limit; rewrite the shard with smaller row groups"
+                )
+
     def row_groups(self, columns: list[str] | None = None, use_threads: bool = True) -> Iterator[pa.Table]:
         """Decoded row groups in order, with the next one's bytes fetched in the background.
 
         ``use_threads`` decodes columns in parallel: right when this shard is alone on
         the machine, wasteful when other shards already keep every core busy.
         """
+        self.check_row_groups(columns)
         prefetch = getattr(self._file, "prefetch", None)
         n = self.num_row_groups
         for i in range(n):

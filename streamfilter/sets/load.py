@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import gzip
 import io
+import re
+from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,24 +26,82 @@ from .exact import ExactKeySet
 TABLE_SUFFIXES = (".parquet", ".csv", ".csv.gz", ".csv.zst")
 
 
+def name_of(uri: str) -> str:
+    """The lower-cased path of a URI, by which its kind is told: a signed URL's query is no part of it."""
+    if uri.split("://", 1)[0].lower() in ("http", "https", "s3"):
+        try:
+            return urlsplit(uri).path.lower()
+        except ValueError:
+            pass
+    return uri.lower()
+
+
 def parse_source(source: str) -> tuple[str, str | None]:
     """Split ``FILE.parquet:COLUMN`` into the object and the column; text lists have none."""
     head, sep, column = source.rpartition(":")
-    if sep and head.lower().endswith(TABLE_SUFFIXES) and column and "/" not in column:
+    if sep and name_of(head).endswith(TABLE_SUFFIXES) and column and "/" not in column:
         return head, column
-    if source.lower().endswith(TABLE_SUFFIXES):
+    if name_of(source).endswith(TABLE_SUFFIXES):
         raise UsageError(f"--blocklist {redact_uri(source)}: name the key column, e.g. {redact_uri(source)}:url")
     return source, None
 
 
+#: A compressed list may inflate to at most this many times its stored size once it is past
+#: :data:`INFLATE_FREE_BYTES`; real key lists compress 3-10x, a bomb of zeros 1,000x (gzip) to 30,000x (zstd).
+MAX_INFLATE_RATIO = 200
+#: Below this decompressed size any ratio is accepted, so small, very repetitive lists still load.
+INFLATE_FREE_BYTES = 64 * 1024 * 1024
+#: Decompressed bytes produced per step while inflating, so a bomb is stopped within one step of the limit.
+_GZIP_STEP = 1024 * 1024
+#: Compressed bytes fed per zstd step: a zstd RLE block inflates 4 bytes to 128 KiB, so 1 KiB yields at most 32 MiB.
+_ZSTD_STEP = 1024
+
+
+def _gzip_steps(data: bytes) -> Iterator[bytes]:
+    # GzipFile reads concatenated members and raises EOFError on a truncated one.
+    with gzip.GzipFile(fileobj=io.BytesIO(data)) as reader:
+        while chunk := reader.read(_GZIP_STEP):
+            yield chunk
+
+
+def _zstd_steps(data: bytes) -> Iterator[bytes]:
+    """Every frame of ``data`` in turn; a last frame cut short is an error, not a short list."""
+    dctx = zstandard.ZstdDecompressor()
+    frame, fed = dctx.decompressobj(), 0
+    for pos in range(0, len(data), _ZSTD_STEP):
+        chunk = data[pos : pos + _ZSTD_STEP]
+        yield frame.decompress(chunk)
+        fed += len(chunk)
+        while frame.eof:  # one decompressobj reads one frame; the rest of the chunk starts the next
+            rest = frame.unused_data
+            frame, fed = dctx.decompressobj(), len(rest)
+            if not rest:
+                break
+            yield frame.decompress(rest)
+    if fed and not frame.eof:
+        raise EOFError("the last zstd frame ends early")
+
+
 def decompress(uri: str, data: bytes) -> bytes:
-    lower = uri.lower()
+    """The list's bytes, inflated step by step and refused once they look like a decompression bomb."""
+    lower = name_of(uri)
     if lower.endswith(".gz"):
-        return gzip.decompress(data)
-    if lower.endswith(".zst"):
-        # stream_reader copes with frames that do not record their content size
-        return zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read()
-    return data
+        steps = _gzip_steps(data)
+    elif lower.endswith(".zst"):
+        steps = _zstd_steps(data)
+    else:
+        return data
+    chunks, total = [], 0
+    for chunk in steps:
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > INFLATE_FREE_BYTES and total > MAX_INFLATE_RATIO * len(data):
+            raise UsageError(
+                f"blocklist {redact_uri(uri)} inflates past {total:,} bytes from {len(data):,} "
+                f"(over {MAX_INFLATE_RATIO}x and {INFLATE_FREE_BYTES >> 20} MiB), which looks like a "
+                "decompression bomb; check the file, or pass the list uncompressed"
+            )
+    return b"".join(chunks)
 
 
 def text_keys(data: bytes) -> pa.Array:
@@ -52,15 +113,72 @@ def text_keys(data: bytes) -> pa.Array:
     return keys.filter(keep)
 
 
-def table_keys(uri: str, data: bytes, column: str) -> pa.Array:
-    if uri.lower().endswith(".parquet"):
-        table = pq.read_table(pa.BufferReader(data), columns=None)
-    else:
-        table = pacsv.read_csv(pa.BufferReader(data))
-    if column not in table.schema.names:
-        names = ", ".join(table.schema.names[:12])
-        raise UsageError(f"--blocklist {redact_uri(uri)} has no column {column!r} (it has: {names})")
+#: Column names shown in messages; a list without a header row would otherwise show its first key as a name.
+_COLUMN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_ .-]{0,39}")
+
+
+def _column_names(names: list[str]) -> str:
+    shown = [n if _COLUMN_NAME.fullmatch(n) else "…" for n in names[:12]]
+    return ", ".join(shown) + (", …" if len(names) > 12 else "")
+
+
+def _missing_column(uri: str, column: str, names: list[str]) -> UsageError:
+    return UsageError(
+        f"--blocklist {redact_uri(uri)} has no column {column!r} (it has: {_column_names(names)}); "
+        "name one of those, and give a CSV list a header row"
+    )
+
+
+def parquet_list_keys(uri: str, data: bytes, column: str) -> pa.Array:
+    pf = pq.ParquetFile(pa.BufferReader(data))
+    if column not in pf.schema_arrow.names:
+        raise _missing_column(uri, column, pf.schema_arrow.names)
+    md = pf.metadata
+    declared = sum(
+        md.row_group(i).column(j).total_uncompressed_size
+        for i in range(md.num_row_groups)
+        for j in range(md.num_columns)
+        if md.row_group(i).column(j).path_in_schema.split(".", 1)[0] == column
+    )
+    # The same bound as for .gz/.zst lists, on the sizes the footer declares, before decoding.
+    if declared > INFLATE_FREE_BYTES and declared > MAX_INFLATE_RATIO * len(data):
+        raise UsageError(
+            f"blocklist {redact_uri(uri)}: column {column!r} declares {declared:,} bytes decoded from a "
+            f"{len(data):,}-byte file (over {MAX_INFLATE_RATIO}x and {INFLATE_FREE_BYTES >> 20} MiB), which looks "
+            "like a decompression bomb; check the file"
+        )
+    return as_text(pf.read(columns=[column]).column(column))
+
+
+def csv_list_keys(uri: str, data: bytes, column: str) -> pa.Array:
+    # Keys are text: inferred as integers, "00123" would become 123 and match nothing.
+    options = pacsv.ConvertOptions(include_columns=[column], column_types={column: pa.large_string()})
+    try:
+        table = pacsv.read_csv(pa.BufferReader(data), convert_options=options)
+    except pa.ArrowKeyError:  # include_columns names a column the header lacks
+        raise _missing_column(uri, column, pacsv.open_csv(pa.BufferReader(data)).schema.names) from None
     return as_text(table.column(column))
+
+
+def table_keys(uri: str, data: bytes, column: str) -> pa.Array:
+    if name_of(uri).endswith(".parquet"):
+        return parquet_list_keys(uri, data, column)
+    return csv_list_keys(uri, data, column)
+
+
+def describe(exc: BaseException) -> str:
+    """A library error in a few words, never quoting the list's content (keys are secret)."""
+    if isinstance(exc, gzip.BadGzipFile):  # its message quotes the file's first bytes
+        return "not gzip data"
+    if isinstance(exc, EOFError):
+        return "the compressed data ends early (a truncated file?)"
+    if isinstance(exc, UnicodeDecodeError):  # its message quotes the offending byte
+        return f"not UTF-8 text (at byte {exc.start:,}); save the list as UTF-8"
+    message = str(exc)
+    # pyarrow's CSV errors end with the offending row ("Expected 1 columns, got 2: <row>"), or quote a value.
+    message = re.sub(r"(got \d+)\b.*", r"\1", message, flags=re.DOTALL)
+    message = re.sub(r"'[^']*'", "'…'", message) if isinstance(exc, pa.ArrowInvalid) else message
+    return f"{type(exc).__name__}: {message}"
 
 
 async def load_keys(sources: list[str], stores: Stores) -> list[pa.Array]:
@@ -74,9 +192,9 @@ async def load_keys(sources: list[str], stores: Stores) -> list[pa.Array]:
         except UsageError:
             raise
         except StreamfilterError as exc:
-            raise UsageError(f"cannot read blocklist: {exc}") from exc
-        except (OSError, ValueError, pa.ArrowException, zstandard.ZstdError) as exc:
-            raise UsageError(f"cannot parse blocklist {redact_uri(uri)}: {type(exc).__name__}: {exc}") from exc
+            raise UsageError(f"cannot read blocklist: {exc}") from None
+        except (OSError, EOFError, ValueError, pa.ArrowException, zstandard.ZstdError) as exc:
+            raise UsageError(f"cannot parse blocklist {redact_uri(uri)}: {describe(exc)}") from None
         if keys.null_count == len(keys):
             # An empty list is nearly always the wrong file; in allow mode it would empty every shard.
             raise UsageError(f"blocklist {redact_uri(uri)} holds no keys; check the file (and the column)")
