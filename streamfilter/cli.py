@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--grace-seconds", type=float, metavar="S", help="after SIGTERM, time to commit in-flight shards")
     run.add_argument("--s3-endpoint-url", metavar="URL", help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL)")
     run.add_argument("--http-header", action="append", metavar="'NAME: VALUE'", help="for http(s) reads; $VAR expands")
+    run.add_argument("--retries", type=int, metavar="N", help="attempts after the first for a transient failure (5)")
+    run.add_argument("--retry-max-seconds", type=float, metavar="S", help="cap on one backoff sleep (20)")
     run.add_argument("--config", metavar="FILE.toml", help="options from TOML; flags given here win")
     run.add_argument("--verbose", action="store_true", help="tracebacks and debug logs")
 

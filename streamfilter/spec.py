@@ -65,7 +65,7 @@ class JobSpec:
 OPTIONS = (
     "inputs", "output", "blocklist", "key", "key_separator", "normalize", "mode", "format", "report",
     "concurrency", "dry_run", "output_inside_input", "overwrite", "in_place", "backup", "grace_seconds",
-    "s3_endpoint_url", "http_header",
+    "s3_endpoint_url", "http_header", "retries", "retry_max_seconds",
 )  # fmt: skip
 
 
@@ -110,7 +110,12 @@ def build_spec(options: dict[str, Any]) -> JobSpec:
         in_place=bool(opts.get("in_place", False)),
         backup=opts.get("backup"),
         grace_seconds=_number(opts, "grace_seconds", DEFAULT_GRACE_SECONDS),
-        stores=StoreOptions(s3_endpoint_url=opts.get("s3_endpoint_url"), http_headers=headers),
+        stores=StoreOptions(
+            s3_endpoint_url=opts.get("s3_endpoint_url"),
+            http_headers=headers,
+            retries=int(_number(opts, "retries", StoreOptions.retries)),
+            retry_max_seconds=_number(opts, "retry_max_seconds", StoreOptions.retry_max_seconds),
+        ),
     )
 
 

@@ -10,13 +10,17 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from helpers import (
     assert_same_table,
     files_under,
     parquet_bytes,
+    put_table,
+    random_strings,
     read_parquet,
     reference_filter,
+    s3_get,
     s3_keys,
     s3_pending_uploads,
     sample,
@@ -347,3 +351,40 @@ def test_in_place_refusals(tmp_path: Path, shard_set, http_server, capsys) -> No
     assert cli.main(["run", f"{http_server.url}/any.parquet", "--blocklist", str(blocklist), "--in-place"]) == 2
     assert "read-only" in capsys.readouterr().err
     assert sha256_tree(tmp_path / "in") == before
+
+
+def test_s3_run_killed_mid_upload_leaves_nothing_after_the_rerun(
+    s3_endpoint, s3_client, bucket, tmp_path: Path
+) -> None:
+    """SIGKILL while a multipart upload is open; the rerun aborts the orphan and writes the same bytes."""
+    n = 300_000
+    table = pa.table({"url": random_strings(n, 32, seed=66), "id": pa.array(range(n), pa.int64())})
+    put_table(
+        s3_client, bucket, "in/big.parquet", table, compression="none", use_dictionary=False, row_group_size=20_000
+    )
+    listed = sample(table["url"], 500)
+    blocklist = write_list(tmp_path / "list.txt", listed)
+    argv = ["run", f"s3://{bucket}/in/big.parquet", "--blocklist", str(blocklist), "--s3-endpoint-url", s3_endpoint]
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamfilter.cli", *argv, "--output", f"s3://{bucket}/out/"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not s3_pending_uploads(s3_client, bucket) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    killed_mid_upload = proc.poll() is None
+    proc.kill()
+    proc.wait(timeout=30)
+
+    assert killed_mid_upload, "the run ended before its upload could be interrupted"
+    assert s3_keys(s3_client, bucket, "out/") == []  # nothing visible from the killed run
+    assert len(s3_pending_uploads(s3_client, bucket)) == 1
+
+    assert cli.main([*argv, "--output", f"s3://{bucket}/out/"]) == 0
+    assert cli.main([*argv, "--output", f"s3://{bucket}/ref/"]) == 0
+
+    assert s3_pending_uploads(s3_client, bucket) == []
+    out = s3_get(s3_client, bucket, "out/big.parquet")
+    assert out == s3_get(s3_client, bucket, "ref/big.parquet")
+    assert_same_table(read_parquet(out), reference_filter(table, listed))

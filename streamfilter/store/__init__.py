@@ -7,13 +7,14 @@ import re
 from dataclasses import dataclass, field
 
 from ..errors import UsageError
-from .base import ObjectInfo, Store, Upload
+from .base import ObjectInfo, RetryPolicy, Store, Upload
 from .bridge import PartSink, RangeFile
 
 __all__ = [
     "ObjectInfo",
     "PartSink",
     "RangeFile",
+    "RetryPolicy",
     "Store",
     "StoreOptions",
     "Stores",
@@ -27,6 +28,23 @@ __all__ = [
 class StoreOptions:
     s3_endpoint_url: str | None = None
     http_headers: dict[str, str] = field(default_factory=dict)
+    #: Attempts after the first for one request that failed transiently (throttling, 5xx,
+    #: a dropped connection, a timeout, a truncated body); other failures are never retried.
+    retries: int = 5
+    #: Cap, in seconds, on one backoff sleep between attempts.
+    retry_max_seconds: float = 20.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
+            raise UsageError(f"--retries {self.retries!r}: expected a whole number, 0 or more")
+        if isinstance(self.retry_max_seconds, bool) or not isinstance(self.retry_max_seconds, int | float):
+            raise UsageError(f"--retry-max-seconds {self.retry_max_seconds!r}: expected a number of seconds")
+        if not 0 <= self.retry_max_seconds < float("inf"):
+            raise UsageError(f"--retry-max-seconds {self.retry_max_seconds!r}: expected 0 or more seconds")
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return RetryPolicy(self.retries, float(self.retry_max_seconds))
 
 
 def expand_header(header: str) -> tuple[str, str]:
@@ -67,12 +85,12 @@ class Stores:
         if scheme == "s3":
             from .s3 import S3Store
 
-            return S3Store(self._options.s3_endpoint_url)
+            return S3Store(self._options.s3_endpoint_url, self._options.retry)
         if scheme == "http":
             from .http import HttpStore
 
-            return HttpStore(self._options.http_headers)
-        raise UsageError(f"unsupported URI scheme {scheme}:// in {uri}; use s3://, http(s):// or a local path")
+            return HttpStore(self._options.http_headers, self._options.retry)
+        raise UsageError(f"unsupported URI scheme {scheme}://; use s3://, http(s):// or a local path")
 
     async def aclose(self) -> None:
         for store in self._stores.values():

@@ -7,12 +7,23 @@ serves a URI and use the same five operations everywhere (fsspec's lesson).
 from __future__ import annotations
 
 import abc
+import logging
+import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol, Self
+from typing import Protocol, Self, TypeVar
 
+import anyio
 from anyio.from_thread import BlockingPortal
 
-from ..errors import ShardError, redact_uri
+from ..errors import ShardError, StreamfilterError, redact_uri
+
+log = logging.getLogger("streamfilter")
+
+T = TypeVar("T")
+
+#: The first backoff sleep is drawn from [0, this); the range doubles with every retry, up to the cap.
+RETRY_BASE_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -118,10 +129,65 @@ class Store(abc.ABC):
         """Release connections."""
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How many times, and how patiently, one request is repeated after a transient failure."""
+
+    #: Attempts after the first.
+    retries: int = 5
+    #: Cap on one backoff sleep, in seconds.
+    max_seconds: float = 20.0
+
+    def backoff(self, retry: int) -> float:
+        """Seconds to wait before retry number ``retry`` (0-based).
+
+        Full jitter (uniform from zero up to the exponential bound) spreads out the
+        retries of the many requests that failed together, instead of sending them
+        back in lockstep into the same overload.
+        """
+        return random.uniform(0.0, min(self.max_seconds, RETRY_BASE_SECONDS * 2.0 ** min(retry, 32)))
+
+    async def run(
+        self,
+        what: str,
+        attempt: Callable[[], Awaitable[T]],
+        transient: Callable[[Exception], bool],
+        describe: Callable[[Exception], str],
+    ) -> T:
+        """Await ``attempt()`` until it succeeds, fails for good, or the retries are spent.
+
+        ``what`` names the request (its URI redacted) in logs and in the :class:`ShardError`
+        raised at the end, whose ``__cause__`` is the last failure (callers look at its code).
+        An error of ours raised by ``attempt`` keeps its message.
+        """
+        retry = 0
+        while True:
+            try:
+                return await attempt()
+            except Exception as exc:
+                retryable = transient(exc)
+                if retry >= self.retries or not retryable:
+                    if retry == 0 and isinstance(exc, StreamfilterError):
+                        raise
+                    message = str(exc) if isinstance(exc, StreamfilterError) else f"{what} failed: {describe(exc)}"
+                    if retry:
+                        message += f" (gave up after {retry + 1} attempts)" if retryable else f" (attempt {retry + 1})"
+                    raise ShardError(message) from exc
+                delay = self.backoff(retry)
+                # The type only: library messages may quote a signed URL.
+                log.debug("%s: %s, retry %d of %d in %.2f s", what, type(exc).__name__, retry + 1, self.retries, delay)
+            retry += 1
+            await anyio.sleep(delay)
+
+
+class ShortRead(ShardError):
+    """Fewer bytes arrived than were asked for: transient over a network, so stores retry it."""
+
+
 def check_length(uri: str, data: bytes, expected: int) -> bytes:
     """Guard against truncated bodies: a short read must never pass as data."""
     if len(data) != expected:
-        raise ShardError(
+        raise ShortRead(
             f"short read from {redact_uri(uri)}: got {len(data)} of {expected} bytes; "
             "the object changed or the connection dropped, run again"
         )

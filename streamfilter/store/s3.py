@@ -1,21 +1,40 @@
 """S3 and S3-compatible stores (AWS, MinIO, R2, Ceph) through s3fs/aiobotocore.
 
 s3fs supplies the client: the standard AWS credential chain, endpoint and region
-handling, and its retry of throttled calls. Every operation is one standard S3
-API call (HeadObject, ListObjectsV2, ranged GetObject, multipart upload,
-CopyObject), so nothing depends on one vendor's behaviour.
+handling. Every operation is one standard S3 API call (HeadObject, ListObjectsV2,
+ranged GetObject, multipart upload, CopyObject), so nothing depends on one
+vendor's behaviour.
+
+Retries are ours, not botocore's or s3fs's: one :class:`RetryPolicy` repeats a whole
+request, a GET together with reading and checking its body (botocore cannot retry a
+body cut short after the headers arrived), with the configured cap on the backoff
+(botocore's is fixed at 20 s), and with exactly ``retries + 1`` attempts (s3fs's
+wrapper would multiply botocore's). botocore runs in "adaptive" mode with a single
+attempt per call: its client-side rate limiter still sees every throttling reply and
+slows all requests of the client while the store keeps answering SlowDown.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import logging
 import os
+from collections.abc import Awaitable, Callable
+from typing import Any
 
+import aiohttp
 import anyio
 import s3fs
+from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadError
+from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.parsers import ResponseParserError
+from s3fs.errors import translate_boto_error
 
 from ..errors import ShardError, redact_uri
-from .base import ObjectInfo, Store, Upload, check_length
+from .base import ObjectInfo, RetryPolicy, ShortRead, Store, Upload, check_length
+
+log = logging.getLogger("streamfilter")
 
 #: Parts uploaded at once per object: enough to hide one request's latency,
 #: few enough that memory stays at (in flight + 1) parts per open output.
@@ -27,12 +46,80 @@ def split(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, FileNotFoundError):
+#: Error codes S3 and its look-alikes use for "try again later".
+TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "ServiceUnavailable",
+        "InternalError",
+        "RequestTimeout",
+        "Throttling",
+        "ThrottlingException",
+        "RequestThrottled",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+    }
+)
+#: HTTP statuses that are transient whatever the code (a HEAD reply has no body, hence no code).
+TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+#: Failures on the way: connection refused or reset, timeouts, bodies cut short, replies
+#: that do not parse (a proxy's or throttler's page instead of S3's XML).
+TRANSIENT_ERRORS = (
+    BotoConnectionError,
+    HTTPClientError,
+    IncompleteReadError,
+    ResponseParserError,
+    aiohttp.ClientPayloadError,
+    aiohttp.ClientConnectionError,
+    ConnectionError,
+    TimeoutError,
+    ShortRead,
+)
+
+
+def error_code(exc: BaseException | None) -> str | None:
+    """The S3 error code (``NoSuchUpload``, ``SlowDown``, ...) of a botocore error, else None."""
+    if isinstance(exc, ClientError):
+        return exc.response.get("Error", {}).get("Code")
+    return None
+
+
+def is_transient(exc: Exception) -> bool:
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return error_code(exc) in TRANSIENT_CODES or status in TRANSIENT_STATUS
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return False  # a certificate problem does not go away by asking again
+    return isinstance(exc, TRANSIENT_ERRORS)
+
+
+def _describe(exc: Exception) -> str:
+    if error_code(exc) == "NoSuchUpload":
+        return "NoSuchUpload: the multipart upload is gone (aborted or completed)"
+    translated = translate_boto_error(exc)
+    if isinstance(translated, FileNotFoundError):
         return "not found"
-    if isinstance(exc, PermissionError):
+    if isinstance(translated, PermissionError):
         return "access denied; check the credentials and the bucket policy"
+    if isinstance(exc, ClientError):
+        # str(exc) would add botocore's "(reached max retries: 0)", which is not the whole story here.
+        return f"{error_code(exc)}: {exc.response.get('Error', {}).get('Message', '')}".rstrip(": ")
     return f"{type(exc).__name__}: {exc}"
+
+
+def multipart_etag(part_etags: list[str]) -> str | None:
+    """The ETag S3 gives the object completed from these parts: MD5 of their binary MD5s, '-', their count.
+
+    None when a part's ETag is not an MD5 (SSE-KMS, SSE-C), where no such check is possible.
+    """
+    try:
+        digests = b"".join(bytes.fromhex(etag.strip('"')) for etag in part_etags)
+    except ValueError:
+        return None
+    if len(digests) != 16 * len(part_etags):
+        return None
+    return f"{hashlib.md5(digests).hexdigest()}-{len(part_etags)}"
 
 
 class S3Upload(Upload):
@@ -70,8 +157,7 @@ class S3Upload(Upload):
     async def write_part(self, data: bytes) -> None:
         self._raise_failed()
         if self._upload_id is None:
-            resp = await self._store.call("create_multipart_upload", self.uri, Bucket=self._bucket, Key=self._key)
-            self._upload_id = resp["UploadId"]
+            self._upload_id = await self._create()
         await self._slots.acquire()
         self._raise_failed()
         number = len(self._parts) + 1
@@ -96,6 +182,25 @@ class S3Upload(Upload):
         finally:
             self._slots.release()
 
+    async def _create(self) -> str:
+        resp = await self._store.call("create_multipart_upload", self.uri, Bucket=self._bucket, Key=self._key)
+        await self._abort_others(resp["UploadId"])
+        return resp["UploadId"]
+
+    async def _abort_others(self, ours: str) -> None:
+        """Abort every other unfinished upload of this exact key.
+
+        They are left by a run killed mid-upload (SIGKILL, eviction) or started by a
+        create whose reply was lost; either way no one will complete them, and they
+        cost storage until aborted. One writer per output key is the rule (static
+        sharding gives each shard to one worker), so none of them is live.
+        """
+        resp = await self._store.call("list_multipart_uploads", self.uri, Bucket=self._bucket, Prefix=self._key)
+        for upload in resp.get("Uploads", []):
+            if upload["Key"] == self._key and upload["UploadId"] != ours:
+                log.info("aborting an unfinished upload of %s left by an earlier attempt", redact_uri(self.uri))
+                await self._abort_id(upload["UploadId"])
+
     async def _drain(self) -> None:
         for _ in range(PARTS_IN_FLIGHT):
             await self._slots.acquire()
@@ -104,7 +209,9 @@ class S3Upload(Upload):
 
     def _raise_failed(self) -> None:
         if self._error is not None:
-            raise ShardError(f"upload to {redact_uri(self.uri)} failed: {_describe(self._error)}")
+            if isinstance(self._error, ShardError):
+                raise ShardError(str(self._error)) from self._error
+            raise ShardError(f"upload to {redact_uri(self.uri)} failed: {_describe(self._error)}") from self._error
 
     async def commit(self, last: bytes = b"") -> ObjectInfo:
         if self._upload_id is None:
@@ -115,40 +222,83 @@ class S3Upload(Upload):
             await self._drain()
             self._raise_failed()
             parts = [{"PartNumber": n, "ETag": etag} for n, etag in sorted(self._parts.items())]
-            resp = await self._store.call(
-                "complete_multipart_upload",
-                self.uri,
-                Bucket=self._bucket,
-                Key=self._key,
-                UploadId=self._upload_id,
-                MultipartUpload={"Parts": parts},
-            )
+            try:
+                resp = await self._store.call(
+                    "complete_multipart_upload",
+                    self.uri,
+                    Bucket=self._bucket,
+                    Key=self._key,
+                    UploadId=self._upload_id,
+                    MultipartUpload={"Parts": parts},
+                )
+            except ShardError as failure:
+                resp = await self._completed_anyway([p["ETag"] for p in parts], failure)
         self.committed = True
         info = await self._store.stat(self.uri)
         return ObjectInfo(self.uri, info.size, etag=resp.get("ETag") or info.etag, version_id=info.version_id)
+
+    async def _completed_anyway(self, part_etags: list[str], failure: ShardError) -> dict:
+        """After a failed completion, accept the object if it is exactly these parts; else re-raise.
+
+        A completion can succeed with its reply lost; the retry then meets NoSuchUpload
+        (or keeps failing) although the object is whole. Its ETag tells: S3 derives a
+        multipart object's ETag from its parts' MD5s, so a match means these bytes.
+        """
+        expected = multipart_etag(part_etags)
+        try:
+            etag = (await self._store.stat(self.uri)).etag
+        except ShardError:
+            etag = None  # not there (or not reachable): the completion failure stands
+        if expected is None or etag is None or etag.strip('"') != expected:
+            raise failure
+        log.info("%s: completion reply lost; the object's ETag shows it complete", redact_uri(self.uri))
+        # Normally a no-op (the completion consumed the upload); it clears the upload if not.
+        await self.abort()
+        return {"ETag": etag}
 
     async def abort(self) -> None:
         if self._upload_id is None:
             return
         await self._drain()
-        await self._store.call(
-            "abort_multipart_upload", self.uri, Bucket=self._bucket, Key=self._key, UploadId=self._upload_id
-        )
+        await self._abort_id(self._upload_id)
         self._upload_id = None
+
+    async def _abort_id(self, upload_id: str) -> None:
+        try:
+            await self._store.call(
+                "abort_multipart_upload", self.uri, Bucket=self._bucket, Key=self._key, UploadId=upload_id
+            )
+        except ShardError as exc:
+            # Gone already: an earlier attempt aborted it with its reply lost, or it was completed.
+            if error_code(exc.__cause__) != "NoSuchUpload":
+                raise
 
 
 class S3Store(Store):
-    def __init__(self, endpoint_url: str | None = None) -> None:
+    def __init__(self, endpoint_url: str | None = None, retry: RetryPolicy | None = None) -> None:
         endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         self.endpoint_url = endpoint_url
-        self._fs = s3fs.S3FileSystem(asynchronous=True, skip_instance_cache=True, endpoint_url=endpoint_url)
+        self.retry = retry or RetryPolicy()
+        self._fs = s3fs.S3FileSystem(
+            asynchronous=True,
+            skip_instance_cache=True,
+            endpoint_url=endpoint_url,
+            # One attempt per botocore call; see the module docstring.
+            config_kwargs={"retries": {"total_max_attempts": 1, "mode": "adaptive"}},
+        )
 
-    async def call(self, method: str, uri: str, **kwargs: object) -> dict:
-        """One S3 API call; failures become a one-line :class:`ShardError`."""
-        try:
-            return await self._fs._call_s3(method, **kwargs)
-        except Exception as exc:
-            raise ShardError(f"S3 {method} on {redact_uri(uri)} failed: {_describe(exc)}") from exc
+    async def once(self, method: str, **kwargs: Any) -> dict:
+        """One S3 API call, one attempt: straight to the botocore client, past s3fs's own retry wrapper."""
+        client = await self._fs.set_session()
+        return await getattr(client, method)(**kwargs)
+
+    async def retrying(self, method: str, uri: str, attempt: Callable[[], Awaitable[Any]]) -> Any:
+        """``attempt`` repeated under the retry policy; failures become a one-line :class:`ShardError`."""
+        return await self.retry.run(f"S3 {method} on {redact_uri(uri)}", attempt, is_transient, _describe)
+
+    async def call(self, method: str, uri: str, **kwargs: Any) -> dict:
+        """One S3 API call, retried while it fails transiently."""
+        return await self.retrying(method, uri, lambda: self.once(method, **kwargs))
 
     async def stat(self, uri: str) -> ObjectInfo:
         bucket, key = split(uri)
@@ -185,14 +335,17 @@ class S3Store(Store):
         if end <= start:
             return b""  # an empty Range header is invalid; nothing to fetch
         bucket, key = split(uri)
-        resp = await self.call("get_object", uri, Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}")
-        try:
-            data = await resp["Body"].read()
-        except Exception as exc:
-            raise ShardError(f"reading {redact_uri(uri)} failed: {_describe(exc)}") from exc
-        finally:
-            resp["Body"].close()
-        return check_length(uri, data, end - start)
+
+        # The body is read and its length checked inside the attempt: a body cut short is retried like a reset.
+        async def get() -> bytes:
+            resp = await self.once("get_object", Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}")
+            try:
+                data = await resp["Body"].read()
+            finally:
+                resp["Body"].close()
+            return check_length(uri, data, end - start)
+
+        return await self.retrying("get_object", uri, get)
 
     def open_write(self, uri: str) -> Upload:
         return S3Upload(self, uri)
