@@ -52,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--http-header", action="append", metavar="'NAME: VALUE'", help="for http(s) reads; $VAR expands")
     run.add_argument("--retries", type=int, metavar="N", help="attempts after the first for a transient failure (5)")
     run.add_argument("--retry-max-seconds", type=float, metavar="S", help="cap on one backoff sleep (20)")
+    run.add_argument("--num-workers", type=int, metavar="N", help="split the shards over N workers (default 1)")
+    run.add_argument("--worker-index", type=int, metavar="I", help="this worker (default: $JOB_COMPLETION_INDEX or 0)")
+    run.add_argument("--executor", choices=["local", "ray"], help="run shards here (default) or as Ray tasks")
+    run.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to join (default: start a local one)")
     run.add_argument("--config", metavar="FILE.toml", help="options from TOML; flags given here win")
     run.add_argument("--verbose", action="store_true", help="tracebacks and debug logs")
 

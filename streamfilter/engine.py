@@ -12,7 +12,6 @@ decoded memory per shard for no gain once two shards run at once.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from .formats import detect_format
 from .formats.parquet import ParquetOutput, ParquetShard, row_group_span
 from .keys import KeySpec, extract_keys
 from .ledger import Receipt, Report, ShardReport, input_identity, receipt_uri
-from .plan import Shard, plan_shards
+from .plan import Shard, plan_shards, worker_share
 from .progress import Progress
 from .sets import ExactKeySet, build_key_set
 from .spec import JobSpec
@@ -231,7 +230,7 @@ async def write_receipt(
 async def run_job(
     spec: JobSpec, *, progress: Progress | None = None, verbose: bool = False, stop: anyio.Event | None = None
 ) -> Report:
-    """Plan, filter every shard with bounded concurrency, and write the report.
+    """Plan, filter this worker's shards on the chosen executor, and write the report.
 
     Raises :class:`UsageError` (nothing written) for bad options, inputs that
     expand to nothing or an unreadable membership list; shard failures are
@@ -249,45 +248,23 @@ async def run_job(
             output_inside_input=spec.output_inside_input,
             in_place=spec.in_place and not spec.dry_run,
         )
-        shards = plan.shards
-        if spec.backup is not None and {scheme_of(spec.backup)} != {scheme_of(s.input) for s in shards}:
+        if spec.backup is not None and {scheme_of(spec.backup)} != {scheme_of(s.input) for s in plan.shards}:
             raise UsageError(f"--backup {redact_uri(spec.backup)}: use the same kind of store as the inputs")
-        for shard in shards:
+        for shard in plan.shards:
             detect_format(shard.input, spec.format)
-        if shards[0].output is not None and not stores.for_uri(shards[0].output).writable:
+        if plan.shards[0].output is not None and not stores.for_uri(plan.shards[0].output).writable:
             raise UsageError(f"cannot write to {redact_uri(spec.output or '')}: write to s3:// or a local path")
         if spec.report and not stores.for_uri(spec.report).writable:
             raise UsageError(f"--report {redact_uri(spec.report)}: cannot write there; use s3:// or a local path")
+        shards = worker_share(plan.shards, spec.num_workers, spec.worker_index)
         key_set = await build_key_set(list(spec.blocklists), spec.key, stores)
         progress = progress or Progress(len(shards))
         progress.total = len(shards)
-        in_flight = min(spec.concurrency, len(shards))
-        tools = ShardTools(
-            Filter(spec.key, key_set, spec.mode), progress, in_flight < (os.cpu_count() or 1), threading.Event()
-        )
-        reports = [ShardReport(redact_uri(s.input), s.output and redact_uri(s.output)) for s in shards]
-        limiter = anyio.CapacityLimiter(spec.concurrency)
-        async with BlockingPortal() as portal, anyio.create_task_group() as tg:
-            ctx = RunContext(spec, stores, portal, tools, key_set.digest, verbose, plan.output_root)
-
-            async def run_one(index: int) -> None:
-                async with limiter:
-                    if stop.is_set():
-                        reports[index].error = "not started: the run was stopped by a signal; rerun to finish"
-                        progress.shard_finished(reports[index])
-                    else:
-                        reports[index] = await process_shard(shards[index], ctx)
-
-            async def cancel_after_grace() -> None:
-                await stop.wait()
-                await anyio.sleep(spec.grace_seconds)
-                tools.cancelled.set()
-
-            tg.start_soon(cancel_after_grace)
-            async with anyio.create_task_group() as shard_group:
-                for index in range(len(shards)):
-                    shard_group.start_soon(run_one, index)
-            tg.cancel_scope.cancel()  # every shard is finished: the grace timer is not needed
+        if spec.executor == "ray":
+            from .executors.ray import run_shards_on_ray as run_shards
+        else:
+            from .executors.local import run_shards
+        reports = await run_shards(spec, shards, key_set, plan.output_root, progress, stop, verbose)
         progress.close()
         report = Report(
             shards=reports,

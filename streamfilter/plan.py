@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import re
@@ -123,6 +124,19 @@ def common_dir(uris: list[str]) -> str:
     dirs = [_comparable(u).rsplit("/", 1)[0] + "/" for u in uris]
     prefix = os.path.commonprefix(dirs)  # noqa: RUF071 - cut back to a '/' on the next line
     return prefix[: prefix.rfind("/") + 1]
+
+
+def worker_of(shard: Shard, num_workers: int) -> int:
+    """The worker that owns a shard: a stable hash of its input URI, whatever the listing order."""
+    digest = hashlib.sha256(shard.input.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % num_workers
+
+
+def worker_share(shards: list[Shard], num_workers: int, worker_index: int) -> list[Shard]:
+    """The shards worker ``worker_index`` of ``num_workers`` processes; every shard has exactly one owner."""
+    if num_workers == 1:
+        return shards
+    return [s for s in shards if worker_of(s, num_workers) == worker_index]
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,12 @@ class JobSpec:
     backup: str | None = None
     #: Seconds the shards in flight get to commit after SIGTERM before they give up.
     grace_seconds: float = DEFAULT_GRACE_SECONDS
+    #: Static sharding: this process handles the shards that hash to ``worker_index``.
+    num_workers: int = 1
+    worker_index: int = 0
+    #: Where shards run: "local" (this process) or "ray" (one Ray task per shard).
+    executor: str = "local"
+    ray_address: str | None = None
     stores: StoreOptions = field(default_factory=StoreOptions)
 
     def __post_init__(self) -> None:
@@ -55,6 +62,13 @@ class JobSpec:
             raise UsageError(f"--mode {self.mode!r}: choose deny (drop listed keys) or allow (keep only them)")
         if self.format not in FORMATS:
             raise UsageError(f"--format {self.format!r}: choose one of {', '.join(FORMATS)}")
+        if self.num_workers < 1 or not 0 <= self.worker_index < self.num_workers:
+            raise UsageError(
+                f"--worker-index {self.worker_index} with --num-workers {self.num_workers}: "
+                "the index must be between 0 and num-workers - 1"
+            )
+        if self.executor not in ("local", "ray"):
+            raise UsageError(f"--executor {self.executor!r}: choose local or ray")
         if self.grace_seconds < 0:
             raise UsageError(f"--grace-seconds {self.grace_seconds}: must be 0 or more")
         if not 1 <= self.concurrency <= 256:
@@ -65,7 +79,8 @@ class JobSpec:
 OPTIONS = (
     "inputs", "output", "blocklist", "key", "key_separator", "normalize", "mode", "format", "report",
     "concurrency", "dry_run", "output_inside_input", "overwrite", "in_place", "backup", "grace_seconds",
-    "s3_endpoint_url", "http_header", "retries", "retry_max_seconds",
+    "s3_endpoint_url", "http_header", "retries", "retry_max_seconds", "num_workers", "worker_index", "executor",
+    "ray_address",
 )  # fmt: skip
 
 
@@ -110,6 +125,11 @@ def build_spec(options: dict[str, Any]) -> JobSpec:
         in_place=bool(opts.get("in_place", False)),
         backup=opts.get("backup"),
         grace_seconds=_number(opts, "grace_seconds", DEFAULT_GRACE_SECONDS),
+        num_workers=int(_number(opts, "num_workers", 1)),
+        # Kubernetes Indexed Jobs give each pod its index in JOB_COMPLETION_INDEX.
+        worker_index=int(_number(opts, "worker_index", float(os.environ.get("JOB_COMPLETION_INDEX", 0)))),
+        executor=opts.get("executor", "local"),
+        ray_address=opts.get("ray_address"),
         stores=StoreOptions(
             s3_endpoint_url=opts.get("s3_endpoint_url"),
             http_headers=headers,

@@ -1,0 +1,62 @@
+"""The local executor: shards in this process, with bounded concurrency, on anyio."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import anyio
+from anyio.from_thread import BlockingPortal
+
+from ..engine import Filter, RunContext, ShardTools, process_shard
+from ..errors import redact_uri
+from ..ledger import ShardReport
+from ..plan import Shard
+from ..progress import Progress
+from ..sets import ExactKeySet
+from ..spec import JobSpec
+from ..store import Stores
+
+
+async def run_shards(
+    spec: JobSpec,
+    shards: list[Shard],
+    key_set: ExactKeySet,
+    output_root: str | None,
+    progress: Progress,
+    stop: anyio.Event,
+    verbose: bool = False,
+) -> list[ShardReport]:
+    """Run ``shards`` at most ``spec.concurrency`` at a time; one report per shard, in order."""
+    in_flight = min(spec.concurrency, len(shards))
+    tools = ShardTools(
+        Filter(spec.key, key_set, spec.mode), progress, in_flight < (os.cpu_count() or 1), threading.Event()
+    )
+    reports = [ShardReport(redact_uri(s.input), s.output and redact_uri(s.output)) for s in shards]
+    limiter = anyio.CapacityLimiter(spec.concurrency)
+    stores = Stores(spec.stores)
+    try:
+        async with BlockingPortal() as portal, anyio.create_task_group() as tg:
+            ctx = RunContext(spec, stores, portal, tools, key_set.digest, verbose, output_root)
+
+            async def run_one(index: int) -> None:
+                async with limiter:
+                    if stop.is_set():
+                        reports[index].error = "not started: the run was stopped by a signal; rerun to finish"
+                        progress.shard_finished(reports[index])
+                    else:
+                        reports[index] = await process_shard(shards[index], ctx)
+
+            async def cancel_after_grace() -> None:
+                await stop.wait()
+                await anyio.sleep(spec.grace_seconds)
+                tools.cancelled.set()
+
+            tg.start_soon(cancel_after_grace)
+            async with anyio.create_task_group() as shard_group:
+                for index in range(len(shards)):
+                    shard_group.start_soon(run_one, index)
+            tg.cancel_scope.cancel()  # every shard is finished: the grace timer is not needed
+    finally:
+        await stores.aclose()
+    return reports
