@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--worker-index", type=int, metavar="I", help="this worker (default: $JOB_COMPLETION_INDEX or 0)")
     run.add_argument("--executor", choices=["local", "ray"], help="run shards here (default) or as Ray tasks")
     run.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to join (default: start a local one)")
+    run.add_argument("--ray-task-cpus", type=float, metavar="N", help="CPUs reserved per shard task on Ray (1)")
     run.add_argument("--config", metavar="FILE.toml", help="options from TOML; flags given here win")
     run.add_argument("--verbose", action="store_true", help="tracebacks and debug logs")
 

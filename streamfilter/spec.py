@@ -45,6 +45,8 @@ class JobSpec:
     #: Where shards run: "local" (this process) or "ray" (one Ray task per shard).
     executor: str = "local"
     ray_address: str | None = None
+    #: CPUs Ray reserves for each shard's task.
+    ray_task_cpus: float = 1.0
     stores: StoreOptions = field(default_factory=StoreOptions)
 
     def __post_init__(self) -> None:
@@ -80,7 +82,7 @@ OPTIONS = (
     "inputs", "output", "blocklist", "key", "key_separator", "normalize", "mode", "format", "report",
     "concurrency", "dry_run", "output_inside_input", "overwrite", "in_place", "backup", "grace_seconds",
     "s3_endpoint_url", "http_header", "retries", "retry_max_seconds", "num_workers", "worker_index", "executor",
-    "ray_address",
+    "ray_address", "ray_task_cpus",
 )  # fmt: skip
 
 
@@ -130,6 +132,7 @@ def build_spec(options: dict[str, Any]) -> JobSpec:
         worker_index=int(_number(opts, "worker_index", float(os.environ.get("JOB_COMPLETION_INDEX", 0)))),
         executor=opts.get("executor", "local"),
         ray_address=opts.get("ray_address"),
+        ray_task_cpus=_number(opts, "ray_task_cpus", 1.0),
         stores=StoreOptions(
             s3_endpoint_url=opts.get("s3_endpoint_url"),
             http_headers=headers,

@@ -1,0 +1,71 @@
+"""Static sharding over workers: every shard processed exactly once, whatever the listing order."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from helpers import files_under, sha256_tree, shard_table, write_list, write_shard
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamfilter import cli
+from streamfilter.plan import Shard, worker_share
+
+names = st.lists(st.from_regex(r"[a-z0-9/_\-]{1,30}\.parquet", fullmatch=True), unique=True, max_size=60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(names=names, num_workers=st.integers(1, 17), seed=st.randoms())
+def test_every_shard_has_exactly_one_worker_in_any_order(names: list[str], num_workers: int, seed) -> None:
+    shards = [Shard(f"s3://bucket/{n}", f"s3://bucket/out/{n}", n) for n in names]
+    shares = [worker_share(shards, num_workers, i) for i in range(num_workers)]
+    assigned = [s.input for share in shares for s in share]
+    assert sorted(assigned) == sorted(s.input for s in shards)  # each exactly once
+
+    shuffled = list(shards)
+    seed.shuffle(shuffled)
+    reshares = [worker_share(shuffled, num_workers, i) for i in range(num_workers)]
+    assert [{s.input for s in share} for share in reshares] == [{s.input for s in share} for share in shares]
+
+
+def test_two_worker_processes_write_what_one_writes(tmp_path: Path) -> None:
+    for i in range(9):
+        write_shard(tmp_path / "in" / f"{i:05d}.parquet", shard_table(600, start=i * 600, seed=71), row_group_size=200)
+    listed = [f"https://cdn.example.com/photos/{i}.jpg" for i in range(0, 5400, 7)]
+    blocklist = write_list(tmp_path / "list.txt", listed)
+    base = [sys.executable, "-m", "streamfilter.cli", "run", str(tmp_path / "in" / "*.parquet"), "--blocklist",
+            str(blocklist)]  # fmt: skip
+
+    # Each worker learns its index as a pod of an Indexed Job would: from JOB_COMPLETION_INDEX.
+    procs = [
+        subprocess.Popen(
+            [*base, "--output", str(tmp_path / "pair"), "--num-workers", "2"],
+            env={**os.environ, "JOB_COMPLETION_INDEX": str(i)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for i in range(2)
+    ]
+    outcomes = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outcomes
+    assert cli.main(["run", str(tmp_path / "in" / "*.parquet"), "--blocklist", str(blocklist),
+                     "--output", str(tmp_path / "single")]) == 0  # fmt: skip
+
+    single = {k: v for k, v in sha256_tree(tmp_path / "single").items() if not k.startswith("_streamfilter")}
+    pair = {k: v for k, v in sha256_tree(tmp_path / "pair").items() if not k.startswith("_streamfilter")}
+    assert pair == single and len(single) == 9
+    done = [out.decode().strip().split(" shards done")[0] for out, _ in outcomes]
+    counts = sorted(int(d.split("/")[0]) for d in done)
+    assert sum(counts) == 9 and counts[0] > 0  # both workers did a share
+    assert len(files_under(tmp_path / "pair", receipts=True)) == 18
+
+
+def test_worker_index_out_of_range_is_a_usage_error(tmp_path: Path, capsys) -> None:
+    write_shard(tmp_path / "in" / "a.parquet", shard_table(10, seed=72))
+    argv = ["run", str(tmp_path / "in" / "a.parquet"), "--blocklist", str(write_list(tmp_path / "l.txt", ["x"])),
+            "--output", str(tmp_path / "out"), "--num-workers", "2", "--worker-index", "2"]  # fmt: skip
+    assert cli.main(argv) == 2
+    assert "--worker-index 2 with --num-workers 2" in capsys.readouterr().err
