@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -72,6 +73,14 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--http-header", action="append", metavar="'NAME: VALUE'", help="$VAR expands")
     verify.add_argument("--verbose", action="store_true", help="tracebacks and debug logs")
 
+    status = sub.add_parser("report", help="merge the receipts and worker reports of a (scaled-out) run")
+    status.add_argument("output", metavar="OUTPUT", help="the --output prefix of the run")
+    status.add_argument("inputs", nargs="*", metavar="INPUT", help="the run's inputs, to name shards not yet done")
+    status.add_argument("--report", metavar="FILE", help="also write the merged report as JSON here")
+    status.add_argument("--s3-endpoint-url", metavar="URL", help="S3-compatible endpoint")
+    status.add_argument("--http-header", action="append", metavar="'NAME: VALUE'", help="$VAR expands")
+    status.add_argument("--verbose", action="store_true", help="tracebacks and debug logs")
+
     demo = sub.add_parser("demo", help="generate a small shard set locally and filter it")
     demo.add_argument(
         "dir", nargs="?", default="streamfilter-demo", help="where to write (default: ./streamfilter-demo)"
@@ -102,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.command == "verify":
             return _verify(args)
+        if args.command == "report":
+            return _report(args)
         spec = build_spec(_options(args))
         report = anyio.run(_run_until_signalled, spec, args.verbose)
     except StreamfilterError as exc:
@@ -132,6 +143,36 @@ def _verify(args: argparse.Namespace) -> int:
     rows = sum(v.rows for v in verdicts)
     print(f"verified {len(verdicts)} outputs, {rows:,} rows: {len(verdicts) - bad} clean, {bad} failed")
     return 1 if bad else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .status import job_status
+    from .store import StoreOptions, Stores, expand_header
+
+    options = StoreOptions(args.s3_endpoint_url, dict(expand_header(h) for h in args.http_header or []))
+
+    async def status() -> dict:
+        stores = Stores(options)
+        try:
+            result = await job_status(args.output, args.inputs, stores)
+            if args.report:
+                await stores.for_uri(args.report).put(args.report, (json.dumps(result, indent=2) + "\n").encode())
+            return result
+        finally:
+            await stores.aclose()
+
+    result = anyio.run(status)
+    for failure in result["failed"][:20]:
+        print(f"failed {failure['shard']}: {failure['error']}", file=sys.stderr)
+    for name in result["not_done"][:20]:
+        print(f"not done {name}", file=sys.stderr)
+    t = result["totals"]
+    state = "complete" if result["complete"] else "incomplete"
+    print(
+        f"{state}: {t['done']} done, {t['failed']} failed, {t['not_done']} not done of {t['shards']} shards "
+        f"({t['workers_reporting']} worker reports); removed {t['rows_removed']:,} of {t['rows_in']:,} rows"
+    )
+    return 0 if result["complete"] else 1
 
 
 async def _run_until_signalled(spec: JobSpec, verbose: bool) -> Report:

@@ -29,7 +29,7 @@ from .errors import ShardError, StreamfilterError, UsageError, redact_uri
 from .formats import detect_format
 from .formats.parquet import ParquetOutput, ParquetShard, row_group_span
 from .keys import KeySpec, extract_keys
-from .ledger import Receipt, Report, ShardReport, input_identity, receipt_uri
+from .ledger import Receipt, Report, ShardReport, input_identity, receipt_uri, worker_report_uri
 from .plan import Shard, plan_shards, worker_share
 from .progress import Progress
 from .sets import ExactKeySet, build_key_set
@@ -277,6 +277,12 @@ async def run_job(
             version=__version__,
         )
         report.interrupted = stop.is_set()
+        if plan.output_root is not None and not spec.dry_run:
+            uri = worker_report_uri(plan.output_root, spec.worker_index, spec.num_workers)
+            try:
+                await stores.for_uri(uri).put(uri, report.to_json().encode())
+            except StreamfilterError as exc:
+                log.warning("the worker report was not written (%s); `streamfilter report` will miss it", exc)
         if spec.report:
             try:
                 await stores.for_uri(spec.report).put(spec.report, report.to_json().encode())

@@ -85,6 +85,14 @@ def receipt_uri(output_prefix: str, name: str) -> str:
     return f"{output_prefix.rstrip('/')}/{RECEIPTS_DIR}/{name}.json"
 
 
+#: Where each worker leaves its run report, so `streamfilter report` can merge them.
+WORKER_REPORTS_DIR = "_streamfilter/reports"
+
+
+def worker_report_uri(output_prefix: str, index: int, workers: int) -> str:
+    return f"{output_prefix.rstrip('/')}/{WORKER_REPORTS_DIR}/worker-{index:05d}-of-{workers:05d}.json"
+
+
 def input_identity(info: ObjectInfo) -> dict:
     """What says an input is still the object that was filtered: its size and version."""
     return {"size": info.size, "etag": info.etag, "version_id": info.version_id, "mtime": info.mtime}

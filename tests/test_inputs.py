@@ -202,6 +202,7 @@ def test_output_inside_input_prefix(tmp_path: Path, capsys) -> None:
         "0.parquet",
         "clean/0.parquet",
         "clean/_streamfilter/receipts/0.parquet.json",
+        "clean/_streamfilter/reports/worker-00000-of-00001.json",
     ]
     assert_same_table(
         read_parquet(tmp_path / "data" / "clean" / "0.parquet"), reference_filter(read_parquet(src), listed)

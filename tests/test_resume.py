@@ -43,6 +43,11 @@ def shard_set(tmp_path: Path):
     return tables, listed, write_list(tmp_path / "list.txt", listed)
 
 
+def outputs_and_receipts(root: Path) -> dict[str, str]:
+    """Digests of what a rerun must leave alone (the worker report is rewritten by every run)."""
+    return {k: v for k, v in sha256_tree(root).items() if not k.startswith("_streamfilter/reports/")}
+
+
 def run(tmp_path: Path, blocklist: Path, *extra: str) -> streamfilter.Report:
     return streamfilter.run(
         [str(tmp_path / "in" / "*.parquet")], output=str(tmp_path / "out"), blocklist=[str(blocklist)], quiet=True,
@@ -55,7 +60,9 @@ def test_receipts_record_each_committed_shard(tmp_path: Path, shard_set) -> None
     report = run(tmp_path, blocklist)
 
     assert report.ok
-    receipts = sorted(p for p in files_under(tmp_path / "out", receipts=True) if p.startswith("_streamfilter/"))
+    listed_files = files_under(tmp_path / "out", receipts=True)
+    receipts = sorted(p for p in listed_files if p.startswith("_streamfilter/receipts/"))
+    assert "_streamfilter/reports/worker-00000-of-00001.json" in listed_files
     assert receipts == [f"_streamfilter/receipts/{name}.json" for name in sorted(tables)]
     for name, table in tables.items():
         receipt = json.loads((tmp_path / "out" / "_streamfilter" / "receipts" / f"{name}.json").read_text())
@@ -77,13 +84,13 @@ def test_receipts_record_each_committed_shard(tmp_path: Path, shard_set) -> None
 def test_rerun_skips_done_shards_and_redoes_changed_ones(tmp_path: Path, shard_set) -> None:
     tables, listed, blocklist = shard_set
     first = run(tmp_path, blocklist)
-    before = sha256_tree(tmp_path / "out")
+    before = outputs_and_receipts(tmp_path / "out")
 
     again = run(tmp_path, blocklist)
     assert again.ok and all(s.resumed for s in again.shards)
     assert [s.rows_removed for s in again.shards] == [s.rows_removed for s in first.shards]
     assert again.totals["resumed"] == 4 and again.totals["bytes_read"] == 0
-    assert sha256_tree(tmp_path / "out") == before
+    assert outputs_and_receipts(tmp_path / "out") == before
 
     # A changed input, a deleted output and a corrupt receipt are redone; the rest is skipped.
     changed = shard_table(900, start=50_000, seed=62)
@@ -135,12 +142,12 @@ def test_overwrite_redoes_shards_with_receipts(tmp_path: Path, shard_set) -> Non
 def test_dry_run_ignores_and_writes_no_receipts(tmp_path: Path, shard_set) -> None:
     _tables, _listed, blocklist = shard_set
     run(tmp_path, blocklist)
-    before = sha256_tree(tmp_path / "out")
+    before = outputs_and_receipts(tmp_path / "out")
     report = streamfilter.run(
         [str(tmp_path / "in" / "*.parquet")], blocklist=[str(blocklist)], dry_run=True, quiet=True
     )
     assert report.ok and not any(s.resumed for s in report.shards)
-    assert sha256_tree(tmp_path / "out") == before
+    assert outputs_and_receipts(tmp_path / "out") == before
 
 
 def test_s3_receipts_and_resume(s3_endpoint, s3_client, bucket, tmp_path: Path) -> None:
@@ -159,6 +166,7 @@ def test_s3_receipts_and_resume(s3_endpoint, s3_client, bucket, tmp_path: Path) 
         "out/1.parquet",
         "out/_streamfilter/receipts/0.parquet.json",
         "out/_streamfilter/receipts/1.parquet.json",
+        "out/_streamfilter/reports/worker-00000-of-00001.json",
     ]
     receipt_key = "out/_streamfilter/receipts/0.parquet.json"
     receipt = json.loads(s3_client.get_object(Bucket=bucket, Key=receipt_key)["Body"].read())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -60,7 +61,8 @@ def test_two_worker_processes_write_what_one_writes(tmp_path: Path) -> None:
     done = [out.decode().strip().split(" shards done")[0] for out, _ in outcomes]
     counts = sorted(int(d.split("/")[0]) for d in done)
     assert sum(counts) == 9 and counts[0] > 0  # both workers did a share
-    assert len(files_under(tmp_path / "pair", receipts=True)) == 18
+    # 9 outputs, 9 receipts and one report per worker.
+    assert len(files_under(tmp_path / "pair", receipts=True)) == 9 + 9 + 2
 
 
 def test_worker_index_out_of_range_is_a_usage_error(tmp_path: Path, capsys) -> None:
@@ -69,3 +71,48 @@ def test_worker_index_out_of_range_is_a_usage_error(tmp_path: Path, capsys) -> N
             "--output", str(tmp_path / "out"), "--num-workers", "2", "--worker-index", "2"]  # fmt: skip
     assert cli.main(argv) == 2
     assert "--worker-index 2 with --num-workers 2" in capsys.readouterr().err
+
+
+def test_report_merges_workers_and_names_what_is_missing(tmp_path: Path, capsys) -> None:
+    for i in range(6):
+        write_shard(tmp_path / "in" / f"{i:05d}.parquet", shard_table(300, start=i * 300, seed=73))
+    (tmp_path / "in" / "00003.parquet").write_bytes(b"corrupt, not parquet")
+    blocklist = write_list(tmp_path / "list.txt", ["https://nothing.example/x.jpg"])
+    inputs = str(tmp_path / "in" / "*.parquet")
+    out = str(tmp_path / "out")
+
+    def worker(index: int) -> int:
+        return cli.main(["run", inputs, "--blocklist", str(blocklist), "--output", out, "--num-workers", "3",
+                         "--worker-index", str(index)])  # fmt: skip
+
+    codes = [worker(0), worker(1)]  # worker 2 never ran
+    capsys.readouterr()
+    assert cli.main(["report", out, inputs, "--report", str(tmp_path / "merged.json")]) == 1
+    captured = capsys.readouterr()
+    merged = json.loads((tmp_path / "merged.json").read_text())
+
+    shares = [worker_share(plan_names(tmp_path), 3, i) for i in range(3)]
+    owner = {s.name: i for i, share in enumerate(shares) for s in share}
+    expected_failed = ["00003.parquet"] if owner["00003.parquet"] in (0, 1) else []
+    expected_not_done = sorted(n for n, i in owner.items() if i == 2)
+    assert codes == [1 if owner["00003.parquet"] == i else 0 for i in range(2)]
+    assert [f["shard"] for f in merged["failed"]] == expected_failed
+    assert merged["not_done"] == expected_not_done
+    assert merged["done"] == sorted(set(owner) - set(expected_failed) - set(expected_not_done))
+    assert merged["totals"]["workers_reporting"] == 2 and merged["complete"] is False
+    assert (
+        f"{len(merged['done'])} done, {len(expected_failed)} failed, {len(expected_not_done)} not done" in captured.out
+    )
+    for name in expected_not_done:
+        assert f"not done {name}" in captured.err
+
+    # The missing worker runs, the corrupt shard is replaced: the job is complete.
+    write_shard(tmp_path / "in" / "00003.parquet", shard_table(300, start=900, seed=73))
+    assert worker(owner["00003.parquet"]) == 0 and worker(2) == 0
+    capsys.readouterr()
+    assert cli.main(["report", out, inputs]) == 0
+    assert "complete: 6 done, 0 failed, 0 not done of 6 shards" in capsys.readouterr().out
+
+
+def plan_names(tmp_path: Path) -> list[Shard]:
+    return [Shard(str(p), None, p.name) for p in sorted((tmp_path / "in").glob("*.parquet"))]
