@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--executor", choices=["local", "ray"], help="run shards here (default) or as Ray tasks")
     run.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to join (default: start a local one)")
     run.add_argument("--ray-task-cpus", type=float, metavar="N", help="CPUs reserved per shard task on Ray (1)")
+    run.add_argument("--manifest-out", metavar="FILE", help="JSON lines of committed outputs, for the next stage")
+    run.add_argument("--log-format", choices=["text", "json"], help="json: one object per event, for log collectors")
+    run.add_argument("--metrics-file", metavar="FILE", help="Prometheus counters, rewritten after every shard")
     run.add_argument("--config", metavar="FILE.toml", help="options from TOML; flags given here win")
     run.add_argument("--verbose", action="store_true", help="tracebacks and debug logs")
 
@@ -123,7 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("streamfilter: interrupted; outputs in flight were not committed", file=sys.stderr)
         return 130
-    print(report.summary())
+    if spec.log_format == "json":
+        print(json.dumps({"event": "run", **report.totals, "interrupted": report.interrupted}))
+    else:
+        print(report.summary())
     if report.interrupted:
         print("streamfilter: stopped by a signal; shards not done are in the report, rerun to finish", file=sys.stderr)
         return 128 + signal.SIGTERM
@@ -180,6 +186,14 @@ async def _run_until_signalled(spec: JobSpec, verbose: bool) -> Report:
     from .engine import run_job
 
     stop = anyio.Event()
+    on_shard = None
+    if spec.metrics_file:
+        from .metrics import write_metrics_file
+
+        def on_shard(progress: Progress) -> None:
+            write_metrics_file(spec.metrics_file, progress)  # type: ignore[arg-type]
+
+    progress = Progress(0, log_format=spec.log_format, on_shard=on_shard)
 
     async def watch_signals() -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -190,7 +204,9 @@ async def _run_until_signalled(spec: JobSpec, verbose: bool) -> Report:
     async with anyio.create_task_group() as tg:
         tg.start_soon(watch_signals)
         try:
-            outcome = await run_job(spec, verbose=verbose, stop=stop)
+            outcome = await run_job(spec, progress=progress, verbose=verbose, stop=stop)
+            if on_shard is not None:
+                on_shard(progress)  # the final counts, also when no shard ran
         except StreamfilterError as exc:
             outcome = exc  # raised outside the task group, which would wrap it in an ExceptionGroup
         tg.cancel_scope.cancel()

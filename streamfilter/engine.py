@@ -11,6 +11,7 @@ decoded memory per shard for no gain once two shards run at once.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -179,7 +180,7 @@ async def process_shard(shard: Shard, ctx: RunContext) -> ShardReport:
                     backup = f"{ctx.spec.backup.rstrip('/')}/{shard.name}"
                     await ctx.stores.for_uri(backup).copy(info, backup)
                 report.rows_in, report.rows_out, written = await rewrite(shard, ctx, pipeline, source, label)
-                report.bytes_written = written.size
+                report.bytes_written, report.output_etag = written.size, written.etag
                 await write_receipt(shard, ctx, info, written, report)
         report.rows_removed = report.rows_in - report.rows_out
         report.status = "done"
@@ -227,6 +228,16 @@ async def write_receipt(
         ) from exc
 
 
+def output_manifest(report: Report) -> bytes:
+    """JSON lines naming each committed output, for the next stage (and for ``run @FILE``)."""
+    lines = [
+        json.dumps({"uri": s.output, "rows": s.rows_out, "bytes": s.bytes_written, "etag": s.output_etag})
+        for s in report.shards
+        if s.status == "done" and s.output is not None
+    ]
+    return "".join(line + "\n" for line in lines).encode()
+
+
 async def run_job(
     spec: JobSpec, *, progress: Progress | None = None, verbose: bool = False, stop: anyio.Event | None = None
 ) -> Report:
@@ -238,7 +249,8 @@ async def run_job(
     shards in flight get ``spec.grace_seconds`` to commit, then give up cleanly.
     """
     started = time.perf_counter()
-    stores = Stores(spec.stores)
+    progress = progress or Progress(0)
+    stores = Stores(spec.stores, on_retry=progress.count_retry)
     stop = stop or anyio.Event()
     try:
         plan = await plan_shards(
@@ -258,7 +270,6 @@ async def run_job(
             raise UsageError(f"--report {redact_uri(spec.report)}: cannot write there; use s3:// or a local path")
         shards = worker_share(plan.shards, spec.num_workers, spec.worker_index)
         key_set = await build_key_set(list(spec.blocklists), spec.key, stores)
-        progress = progress or Progress(len(shards))
         progress.total = len(shards)
         if spec.executor == "ray":
             from .executors.ray import run_shards_on_ray as run_shards
@@ -288,6 +299,11 @@ async def run_job(
                 await stores.for_uri(spec.report).put(spec.report, report.to_json().encode())
             except StreamfilterError as exc:
                 raise StreamfilterError(f"writing the report failed: {exc}") from exc
+        if spec.manifest_out:
+            try:
+                await stores.for_uri(spec.manifest_out).put(spec.manifest_out, output_manifest(report))
+            except StreamfilterError as exc:
+                raise StreamfilterError(f"writing the output manifest failed: {exc}") from exc
         return report
     finally:
         await stores.aclose()

@@ -25,6 +25,8 @@ class ShardReport:
     error: str | None = None
     #: True when a receipt from an earlier run showed this shard already done.
     resumed: bool = False
+    #: The committed output's ETag (S3), for the next stage's manifest.
+    output_etag: str | None = None
 
 
 @dataclass

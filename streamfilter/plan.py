@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -86,6 +87,11 @@ async def expand_input(expr: str, stores: Stores) -> list[str]:
         lines = [line.strip() for line in text.splitlines()]
         uris: list[str] = []
         for line in lines:
+            if line.startswith("{"):  # a --manifest-out line from an earlier stage
+                try:
+                    line = json.loads(line)["uri"]
+                except (ValueError, KeyError, TypeError):
+                    raise UsageError(f"manifest {redact_uri(manifest)}: a JSON line without a 'uri'") from None
             if line and not line.startswith("#"):
                 uris += await expand_input(line, stores)
         return uris

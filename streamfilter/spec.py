@@ -47,6 +47,12 @@ class JobSpec:
     ray_address: str | None = None
     #: CPUs Ray reserves for each shard's task.
     ray_task_cpus: float = 1.0
+    #: JSON lines naming every committed output (URI, rows, bytes, ETag), for the next stage.
+    manifest_out: str | None = None
+    #: "text" log lines (or a live line on a terminal), or "json": one object per event.
+    log_format: str = "text"
+    #: Prometheus text-format counters, rewritten after every shard.
+    metrics_file: str | None = None
     stores: StoreOptions = field(default_factory=StoreOptions)
 
     def __post_init__(self) -> None:
@@ -69,6 +75,8 @@ class JobSpec:
                 f"--worker-index {self.worker_index} with --num-workers {self.num_workers}: "
                 "the index must be between 0 and num-workers - 1"
             )
+        if self.log_format not in ("text", "json"):
+            raise UsageError(f"--log-format {self.log_format!r}: choose text or json")
         if self.executor not in ("local", "ray"):
             raise UsageError(f"--executor {self.executor!r}: choose local or ray")
         if self.grace_seconds < 0:
@@ -82,7 +90,7 @@ OPTIONS = (
     "inputs", "output", "blocklist", "key", "key_separator", "normalize", "mode", "format", "report",
     "concurrency", "dry_run", "output_inside_input", "overwrite", "in_place", "backup", "grace_seconds",
     "s3_endpoint_url", "http_header", "retries", "retry_max_seconds", "num_workers", "worker_index", "executor",
-    "ray_address", "ray_task_cpus",
+    "ray_address", "ray_task_cpus", "manifest_out", "log_format", "metrics_file",
 )  # fmt: skip
 
 
@@ -133,6 +141,9 @@ def build_spec(options: dict[str, Any]) -> JobSpec:
         executor=opts.get("executor", "local"),
         ray_address=opts.get("ray_address"),
         ray_task_cpus=_number(opts, "ray_task_cpus", 1.0),
+        manifest_out=opts.get("manifest_out"),
+        log_format=opts.get("log_format", "text"),
+        metrics_file=opts.get("metrics_file"),
         stores=StoreOptions(
             s3_endpoint_url=opts.get("s3_endpoint_url"),
             http_headers=headers,

@@ -35,6 +35,7 @@ REPORT_SHARD_FIELDS = {
     "seconds",
     "error",
     "resumed",
+    "output_etag",
 }
 
 

@@ -264,6 +264,7 @@ def test_report_on_s3_has_documented_fields(s3_endpoint, s3_client, bucket, tmp_
         "seconds",
         "error",
         "resumed",
+        "output_etag",
     }
     assert len(report["shards"]) == 3
     for i, shard in enumerate(report["shards"]):

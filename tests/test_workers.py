@@ -8,7 +8,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers import files_under, sha256_tree, shard_table, write_list, write_shard
+from helpers import (
+    assert_same_table,
+    files_under,
+    parquet_bytes,
+    read_parquet,
+    reference_filter,
+    s3_get,
+    sample,
+    sha256_tree,
+    shard_table,
+    write_list,
+    write_shard,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -116,3 +128,48 @@ def test_report_merges_workers_and_names_what_is_missing(tmp_path: Path, capsys)
 
 def plan_names(tmp_path: Path) -> list[Shard]:
     return [Shard(str(p), None, p.name) for p in sorted((tmp_path / "in").glob("*.parquet"))]
+
+
+def test_manifest_out_chains_into_the_next_stage_with_json_logs_and_metrics(
+    s3_endpoint, s3_client, bucket, tmp_path: Path, capsys
+) -> None:
+    tables = {f"{i}.parquet": shard_table(400, start=i * 400, seed=74) for i in range(3)}
+    for name, table in tables.items():
+        s3_client.put_object(Bucket=bucket, Key=f"raw/{name}", Body=parquet_bytes(table))
+    first_list = write_list(tmp_path / "first.txt", [u for t in tables.values() for u in sample(t["url"], 4)])
+    second_list = write_list(tmp_path / "second.txt", [u for t in tables.values() for u in sample(t["url"], 9)])
+    manifest = tmp_path / "stage1.jsonl"
+    common = ["--s3-endpoint-url", s3_endpoint, "--log-format", "json"]
+
+    assert cli.main(["run", f"s3://{bucket}/raw/*.parquet", "--output", f"s3://{bucket}/stage1/", "--blocklist",
+                     str(first_list), "--manifest-out", str(manifest), "--metrics-file", str(tmp_path / "m.prom"),
+                     *common]) == 0  # fmt: skip
+    captured = capsys.readouterr()
+
+    lines = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert sorted(line["uri"] for line in lines) == [f"s3://{bucket}/stage1/{n}" for n in sorted(tables)]
+    for line in lines:
+        head = s3_client.head_object(Bucket=bucket, Key=line["uri"].split("/", 3)[3])
+        assert (line["bytes"], line["etag"]) == (head["ContentLength"], head["ETag"])
+        assert line["rows"] == read_parquet(s3_get(s3_client, bucket, line["uri"].split("/", 3)[3])).num_rows
+    events = [json.loads(line) for line in captured.err.splitlines()]
+    assert [e["event"] for e in events] == ["shard"] * 3 and all(e["status"] == "done" for e in events)
+    summary = json.loads(captured.out)
+    assert summary["event"] == "run" and summary["done"] == 3
+    metrics = (tmp_path / "m.prom").read_text()
+    assert 'streamfilter_shards_total{status="done"} 3' in metrics
+    assert f'streamfilter_rows_total{{kind="removed"}} {summary["rows_removed"]}' in metrics
+    assert f'streamfilter_bytes_total{{direction="written"}} {summary["bytes_written"]}' in metrics
+    assert "streamfilter_retries_total 0" in metrics
+
+    # The next stage reads exactly the committed outputs through the manifest.
+    assert cli.main(["run", f"@{manifest}", "--output", f"s3://{bucket}/stage2/", "--blocklist", str(second_list),
+                     *common]) == 0  # fmt: skip
+    listed = sample_union(first_list, second_list)
+    for name, table in tables.items():
+        got = read_parquet(s3_get(s3_client, bucket, f"stage2/{name}"))
+        assert_same_table(got, reference_filter(table, listed))
+
+
+def sample_union(*lists: Path) -> list[str]:
+    return [line for path in lists for line in path.read_text().splitlines() if line]

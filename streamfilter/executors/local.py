@@ -34,7 +34,7 @@ async def run_shards(
     )
     reports = [ShardReport(redact_uri(s.input), s.output and redact_uri(s.output)) for s in shards]
     limiter = anyio.CapacityLimiter(spec.concurrency)
-    stores = Stores(spec.stores)
+    stores = Stores(spec.stores, on_retry=progress.count_retry)
     try:
         async with BlockingPortal() as portal, anyio.create_task_group() as tg:
             ctx = RunContext(spec, stores, portal, tools, key_set.digest, verbose, output_root)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import UsageError
@@ -67,8 +69,9 @@ def scheme_of(uri: str) -> str:
 class Stores:
     """One store per scheme for the length of a run; close with :meth:`aclose`."""
 
-    def __init__(self, options: StoreOptions | None = None) -> None:
+    def __init__(self, options: StoreOptions | None = None, on_retry: Callable[[], None] | None = None) -> None:
         self._options = options or StoreOptions()
+        self._retry = dataclasses.replace(self._options.retry, on_retry=on_retry)
         self._stores: dict[str, Store] = {}
 
     def for_uri(self, uri: str) -> Store:
@@ -85,11 +88,11 @@ class Stores:
         if scheme == "s3":
             from .s3 import S3Store
 
-            return S3Store(self._options.s3_endpoint_url, self._options.retry)
+            return S3Store(self._options.s3_endpoint_url, self._retry)
         if scheme == "http":
             from .http import HttpStore
 
-            return HttpStore(self._options.http_headers, self._options.retry)
+            return HttpStore(self._options.http_headers, self._retry)
         raise UsageError(f"unsupported URI scheme {scheme}://; use s3://, http(s):// or a local path")
 
     async def aclose(self) -> None:

@@ -10,7 +10,7 @@ import abc
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, Self, TypeVar
 
 import anyio
@@ -137,6 +137,8 @@ class RetryPolicy:
     retries: int = 5
     #: Cap on one backoff sleep, in seconds.
     max_seconds: float = 20.0
+    #: Told of every retry (the run's retry counter); not part of the policy's identity.
+    on_retry: Callable[[], None] | None = field(default=None, compare=False)
 
     def backoff(self, retry: int) -> float:
         """Seconds to wait before retry number ``retry`` (0-based).
@@ -177,6 +179,8 @@ class RetryPolicy:
                 # The type only: library messages may quote a signed URL.
                 log.debug("%s: %s, retry %d of %d in %.2f s", what, type(exc).__name__, retry + 1, self.retries, delay)
             retry += 1
+            if self.on_retry is not None:
+                self.on_retry()
             await anyio.sleep(delay)
 
 
