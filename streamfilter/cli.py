@@ -23,6 +23,23 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message}; see '{self.prog} --help'")
 
 
+def _add_key_flags(parser: argparse.ArgumentParser) -> None:
+    """The list and the key: how `run` matches and how `verify` checks, so the same flags."""
+    parser.add_argument(
+        "--blocklist", action="append", metavar="LIST", help="keys: text (.gz/.zst) or FILE.parquet:COL"
+    )
+    parser.add_argument("--key", metavar="COL[,COL]", help="key column(s); several are joined (default: url)")
+    parser.add_argument("--key-separator", metavar="SEP", help="joins several key columns (default: tab)")
+    parser.add_argument("--normalize", choices=["none", "strip"], help="applied to row and list keys (default: none)")
+    parser.add_argument("--mode", choices=["deny", "allow"], help="deny drops listed keys (default), allow keeps them")
+
+
+def _add_store_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--s3-endpoint-url", metavar="URL", help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL)")
+    parser.add_argument("--http-header", action="append", metavar="'NAME: VALUE'", help="for http(s); $VAR expands")
+    parser.add_argument("--verbose", action="store_true", help="tracebacks and debug logs")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="streamfilter", description="Remove listed rows from dataset shards, streaming.")
     parser.add_argument("--version", action="version", version=f"streamfilter {__version__}")
@@ -31,13 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="filter shards against a key list")
     run.add_argument("inputs", nargs="*", metavar="INPUT", help="object, glob, brace range {00000..00127}, @MANIFEST")
     run.add_argument("--output", metavar="PREFIX", help="where filtered shards go (names mirror the inputs)")
-    run.add_argument("--blocklist", action="append", metavar="LIST", help="keys: text (.gz/.zst) or FILE.parquet:COL")
-    run.add_argument("--key", metavar="COL[,COL]", help="key column(s); several are joined (default: url)")
-    run.add_argument("--key-separator", metavar="SEP", help="joins several key columns (default: tab)")
-    run.add_argument("--normalize", choices=["none", "strip"], help="applied to row and list keys (default: none)")
-    run.add_argument(
-        "--mode", choices=["deny", "allow"], help="deny drops listed keys (default), allow keeps only them"
-    )
+    _add_key_flags(run)
     run.add_argument("--format", choices=["auto", "parquet"], help="shard format (default: by extension)")
     run.add_argument("--report", metavar="FILE", help="write the JSON report here (local or s3://)")
     run.add_argument("--concurrency", type=int, metavar="N", help=f"shards in flight (default: {DEFAULT_CONCURRENCY})")
@@ -49,8 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--backup", metavar="PREFIX", help="with --in-place: copy the originals here first")
     run.add_argument("--overwrite", action="store_true", default=None, help="redo shards whose receipts show them done")
     run.add_argument("--grace-seconds", type=float, metavar="S", help="after SIGTERM, time to commit in-flight shards")
-    run.add_argument("--s3-endpoint-url", metavar="URL", help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL)")
-    run.add_argument("--http-header", action="append", metavar="'NAME: VALUE'", help="for http(s) reads; $VAR expands")
+    _add_store_flags(run)
     run.add_argument("--retries", type=int, metavar="N", help="attempts after the first for a transient failure (5)")
     run.add_argument("--retry-max-seconds", type=float, metavar="S", help="cap on one backoff sleep (20)")
     run.add_argument("--num-workers", type=int, metavar="N", help="split the shards over N workers (default 1)")
@@ -62,27 +72,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-format", choices=["text", "json"], help="json: one object per event, for log collectors")
     run.add_argument("--metrics-file", metavar="FILE", help="Prometheus counters, rewritten after every shard")
     run.add_argument("--config", metavar="FILE.toml", help="options from TOML; flags given here win")
-    run.add_argument("--verbose", action="store_true", help="tracebacks and debug logs")
 
     verify = sub.add_parser("verify", help="re-read the outputs of a run and check them against the list")
     verify.add_argument("output", metavar="OUTPUT", help="the --output prefix of the run")
-    verify.add_argument("--blocklist", action="append", metavar="LIST", help="the list to check against")
-    verify.add_argument("--key", metavar="COL[,COL]", help="key column(s) (default: url)")
-    verify.add_argument("--key-separator", metavar="SEP", help="joins several key columns (default: tab)")
-    verify.add_argument("--normalize", choices=["none", "strip"], help="as in the run (default: none)")
-    verify.add_argument("--mode", choices=["deny", "allow"], help="as in the run (default: deny)")
+    _add_key_flags(verify)
     verify.add_argument("--concurrency", type=int, metavar="N", help="outputs read at once")
-    verify.add_argument("--s3-endpoint-url", metavar="URL", help="S3-compatible endpoint")
-    verify.add_argument("--http-header", action="append", metavar="'NAME: VALUE'", help="$VAR expands")
-    verify.add_argument("--verbose", action="store_true", help="tracebacks and debug logs")
+    _add_store_flags(verify)
 
     status = sub.add_parser("report", help="merge the receipts and worker reports of a (scaled-out) run")
     status.add_argument("output", metavar="OUTPUT", help="the --output prefix of the run")
     status.add_argument("inputs", nargs="*", metavar="INPUT", help="the run's inputs, to name shards not yet done")
     status.add_argument("--report", metavar="FILE", help="also write the merged report as JSON here")
-    status.add_argument("--s3-endpoint-url", metavar="URL", help="S3-compatible endpoint")
-    status.add_argument("--http-header", action="append", metavar="'NAME: VALUE'", help="$VAR expands")
-    status.add_argument("--verbose", action="store_true", help="tracebacks and debug logs")
+    _add_store_flags(status)
 
     demo = sub.add_parser("demo", help="generate a small shard set locally and filter it")
     demo.add_argument(
