@@ -1,4 +1,4 @@
-"""The per-shard pipeline and the bounded concurrency around it.
+"""The per-shard pipeline, and the run around it: plan, key set, executor, report.
 
 One shard is one unit of work: read, filtered, written and committed on its own.
 Inside a shard the CPU work (decode, match, encode) runs in one worker thread
@@ -6,7 +6,8 @@ while the event loop fetches the next row group and uploads finished parts, so
 the I/O of one shard overlaps the CPU of others. The bounded buffers between
 stages are the row-group read-ahead (one ahead) and the parts in flight per
 upload; a decoded-table queue between decode and encode would triple the
-decoded memory per shard for no gain once two shards run at once.
+decoded memory per shard for no gain once two shards run at once. How many shards
+run at once, and where, is the executor's business (``executors/``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from ._version import __version__
 from .errors import ShardError, StreamfilterError, UsageError, redact_uri
 from .formats import detect_format
 from .formats.parquet import ParquetOutput, ParquetShard, row_group_span
-from .keys import KeySpec, extract_keys
+from .keys import KeySpec, extract_keys, require_columns
 from .ledger import Receipt, Report, ShardReport, input_identity, receipt_uri, worker_report_uri
 from .plan import Shard, plan_shards, worker_share
 from .progress import Progress
@@ -73,10 +74,7 @@ def filter_parquet(source: BinaryIO, sink: BinaryIO | None, name: str, tools: Sh
     """
     rule = tools.rule
     shard = ParquetShard(source, name)
-    missing = [c for c in rule.key.columns if c not in shard.schema.names]
-    if missing:
-        shown = ", ".join(shard.schema.names[:12])
-        raise ShardError(f"{name} has no column {missing[0]!r} (it has: {shown}); choose the key with --key")
+    require_columns(shard.schema, rule.key, name)  # also for a shard without row groups
     output = ParquetOutput(sink, shard.schema, shard.metadata) if sink is not None else None
     # A dry run decodes only the key columns.
     columns = list(rule.key.columns) if output is None else None
@@ -151,9 +149,14 @@ async def rewrite(shard: Shard, ctx: RunContext, pipeline: Callable, source: Bin
     return rows_in, rows_out, written
 
 
+def shard_report(shard: Shard, error: str | None = None) -> ShardReport:
+    """A report for ``shard`` before (or instead of) running it: failed until it is done; URIs redacted."""
+    return ShardReport(redact_uri(shard.input), shard.output and redact_uri(shard.output), error=error)
+
+
 async def process_shard(shard: Shard, ctx: RunContext) -> ShardReport:
     """Run one shard start to finish; every failure ends up in its report, never raised."""
-    report = ShardReport(redact_uri(shard.input), shard.output and redact_uri(shard.output))
+    report = shard_report(shard)
     start = time.perf_counter()
     source = None
     try:

@@ -60,12 +60,17 @@ def normalize(values: pa.Array, how: Normalization) -> pa.Array:
     return values
 
 
+def require_columns(schema: pa.Schema, spec: KeySpec, source: str) -> None:
+    """Fail the shard, naming the columns it has, when a key column is missing."""
+    missing = [c for c in spec.columns if c not in schema.names]
+    if missing:
+        shown = ", ".join(schema.names[:12])
+        raise ShardError(f"{source} has no column {missing[0]!r} (it has: {shown}); choose the key with --key")
+
+
 def extract_keys(table: pa.Table | pa.RecordBatch, spec: KeySpec, source: str) -> pa.Array:
     """The normalized key of every row; null where any key column is null (never matches)."""
-    missing = [c for c in spec.columns if c not in table.schema.names]
-    if missing:
-        shown = ", ".join(table.schema.names[:12])
-        raise ShardError(f"{source} has no column {missing[0]!r} (it has: {shown}); choose the key with --key")
+    require_columns(table.schema, spec, source)
     parts = [as_text(table.column(c)) for c in spec.columns]
     if len(parts) == 1:
         keys = parts[0]

@@ -8,8 +8,7 @@ import threading
 import anyio
 from anyio.from_thread import BlockingPortal
 
-from ..engine import Filter, RunContext, ShardTools, process_shard
-from ..errors import redact_uri
+from ..engine import Filter, RunContext, ShardTools, process_shard, shard_report
 from ..ledger import ShardReport
 from ..plan import Shard
 from ..progress import Progress
@@ -32,7 +31,7 @@ async def run_shards(
     tools = ShardTools(
         Filter(spec.key, key_set, spec.mode), progress, in_flight < (os.cpu_count() or 1), threading.Event()
     )
-    reports = [ShardReport(redact_uri(s.input), s.output and redact_uri(s.output)) for s in shards]
+    reports = [shard_report(s) for s in shards]
     limiter = anyio.CapacityLimiter(spec.concurrency)
     stores = Stores(spec.stores, on_retry=progress.count_retry)
     try:

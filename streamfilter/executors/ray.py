@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from ..engine import shard_report
 from ..errors import UsageError, redact_text, redact_uri
 from ..ledger import ShardReport
 from ..plan import Shard
@@ -71,7 +72,7 @@ def filter_shard(
     import ray
 
     if not ray.get(gate.start.remote(index)):
-        return _report(shard, NOT_STARTED)
+        return shard_report(shard, NOT_STARTED)
     return anyio.run(_filter_until_stopped, spec, shard, key_set, output_root, gate, verbose)
 
 
@@ -109,7 +110,7 @@ async def run_shards_on_ray(
     except ImportError:
         raise UsageError("--executor ray needs Ray: pip install 'streamfilter[ray]'") from None
     if not shards or stop.is_set():  # nothing to run, or stopped before anything started: no Ray needed
-        reports = [_report(shard, NOT_STARTED) for shard in shards]
+        reports = [shard_report(shard, NOT_STARTED) for shard in shards]
         for report in reports:
             progress.shard_finished(report)
         return reports
@@ -249,11 +250,7 @@ def _failed(
         error = f"{name}: its Ray task raised {type(cause).__name__}: {_one_line(cause)}; rerun to retry it"
     else:
         error = f"{name}: its Ray worker died ({type(exc).__name__}); rerun to retry it"
-    return _report(shard, error)
-
-
-def _report(shard: Shard, error: str) -> ShardReport:
-    return ShardReport(redact_uri(shard.input), shard.output and redact_uri(shard.output), error=error)
+    return shard_report(shard, error)
 
 
 def _one_line(exc: BaseException) -> str:
