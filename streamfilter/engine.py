@@ -165,11 +165,8 @@ async def process_shard(shard: Shard, ctx: RunContext) -> ShardReport:
         info = await store.stat(shard.input)
         receipt = await read_receipt(shard, ctx, info)
         if receipt is not None:
-            report.rows_in, report.rows_out, report.bytes_written = (
-                receipt.rows_in,
-                receipt.rows_out,
-                receipt.output_size,
-            )
+            report.rows_in, report.rows_out = receipt.rows_in, receipt.rows_out
+            report.bytes_written, report.output_etag = receipt.output_size, receipt.output_etag
             report.resumed = True
         else:
             source = store.open_input(info, ctx.portal)

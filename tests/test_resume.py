@@ -174,6 +174,9 @@ def test_s3_receipts_and_resume(s3_endpoint, s3_client, bucket, tmp_path: Path) 
     assert receipt["output_etag"] == head["ETag"] and receipt["output_size"] == head["ContentLength"]
     assert receipt["input_identity"]["etag"] == s3_client.head_object(Bucket=bucket, Key="in/0.parquet")["ETag"]
     assert all(s.resumed for s in second.shards)
+    # A resumed shard reports the committed output's ETag, as a fresh one does (--manifest-out needs it).
+    assert [s.output_etag for s in second.shards] == [s.output_etag for s in first.shards]
+    assert first.shards[0].output_etag == head["ETag"]
     assert s3_pending_uploads(s3_client, bucket) == []
 
 
