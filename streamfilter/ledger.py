@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from .store import ObjectInfo
+from .store import ObjectInfo, Stores
 
 Status = Literal["done", "failed"]
 
@@ -85,6 +85,23 @@ RECEIPTS_DIR = "_streamfilter/receipts"
 
 def receipt_uri(output_prefix: str, name: str) -> str:
     return f"{output_prefix.rstrip('/')}/{RECEIPTS_DIR}/{name}.json"
+
+
+async def json_objects(prefix: str, stores: Stores) -> dict[str, bytes]:
+    """Every .json object under ``prefix`` (receipts, worker reports), by its name relative to it."""
+    store = stores.for_uri(prefix)
+    return {
+        info.uri[len(prefix) :]: await store.read_all(info.uri)
+        for info in await store.list(prefix)
+        if info.uri.endswith(".json")
+    }
+
+
+async def read_receipts(output_prefix: str, stores: Stores) -> dict[str, Receipt | None]:
+    """The receipts under an output prefix, by shard name; None for one that cannot be read."""
+    prefix = f"{output_prefix.rstrip('/')}/{RECEIPTS_DIR}/"
+    found = await json_objects(prefix, stores)
+    return {name.removesuffix(".json"): Receipt.from_json(data) for name, data in found.items()}
 
 
 #: Where each worker leaves its run report, so `streamfilter report` can merge them.

@@ -10,31 +10,18 @@ from __future__ import annotations
 import json
 
 from .errors import UsageError, redact_uri
-from .ledger import RECEIPTS_DIR, WORKER_REPORTS_DIR, Receipt
+from .ledger import WORKER_REPORTS_DIR, json_objects, read_receipts
 from .plan import plan_shards
 from .store import Stores
-
-
-async def _json_objects(prefix: str, stores: Stores) -> dict[str, bytes]:
-    """Every .json object under ``prefix``, by its name relative to it."""
-    store = stores.for_uri(prefix)
-    found = {}
-    for info in await store.list(prefix):
-        if info.uri.endswith(".json"):
-            found[info.uri[len(prefix) :]] = await store.read_all(info.uri)
-    return found
 
 
 async def job_status(output: str, inputs: list[str], stores: Stores) -> dict:
     """Done, failed and not-yet-done shards of the run that writes under ``output``."""
     root = output.rstrip("/") + "/"
-    receipts = {
-        name.removesuffix(".json"): Receipt.from_json(data)
-        for name, data in (await _json_objects(root + RECEIPTS_DIR + "/", stores)).items()
-    }
+    receipts = await read_receipts(root, stores)
     done = {name: r for name, r in receipts.items() if r is not None}
     failed: dict[str, str] = {}
-    workers = await _json_objects(root + WORKER_REPORTS_DIR + "/", stores)
+    workers = await json_objects(root + WORKER_REPORTS_DIR + "/", stores)
     for data in workers.values():
         for shard in json.loads(data).get("shards", []):
             name = (shard.get("output") or "").removeprefix(redact_uri(root))

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from .errors import StreamfilterError, UsageError, redact_uri
-from .ledger import RECEIPTS_DIR, Receipt, Report
+from .ledger import Receipt, Report, read_receipts
 from .progress import Progress
 from .spec import JobSpec
 from .store import Stores
@@ -26,20 +26,15 @@ class Verdict:
 
 
 async def load_receipts(output_prefix: str, stores: Stores) -> list[Receipt]:
-    prefix = f"{output_prefix.rstrip('/')}/{RECEIPTS_DIR}/"
-    store = stores.for_uri(prefix)
-    receipts = []
-    for info in await store.list(prefix):
-        if info.uri.endswith(".json"):
-            receipt = Receipt.from_json(await store.read_all(info.uri))
-            if receipt is None:
-                raise StreamfilterError(f"receipt {redact_uri(info.uri)} is unreadable; rerun the job to rewrite it")
-            receipts.append(receipt)
+    receipts = await read_receipts(output_prefix, stores)
+    unreadable = sorted(name for name, receipt in receipts.items() if receipt is None)
+    if unreadable:
+        raise StreamfilterError(f"the receipt of {unreadable[0]} is unreadable; rerun the job to rewrite it")
     if not receipts:
         raise UsageError(
-            f"no receipts under {redact_uri(prefix)}: nothing to verify (was the job run with this output?)"
+            f"no receipts under {redact_uri(output_prefix)}: nothing to verify (was the job run with this output?)"
         )
-    return receipts
+    return [r for r in receipts.values() if r is not None]
 
 
 async def verify_outputs(spec: JobSpec, *, progress: Progress | None = None) -> list[Verdict]:
