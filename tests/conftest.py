@@ -7,9 +7,7 @@ stay independent of each other's objects.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +16,7 @@ from pathlib import Path
 import boto3
 import pytest
 from aiohttp import web
+from helpers import serve
 from moto.server import ThreadedMotoServer
 
 #: Paths under this prefix of the HTTP server require ``Authorization: Bearer <HTTP_TOKEN>``.
@@ -107,35 +106,10 @@ def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpServer
             return web.Response(status=401, text="unauthorized")
         return await handler(request)
 
-    loop = asyncio.new_event_loop()
     app = web.Application(middlewares=[require_token])
     app.router.add_static("/", root)
-    runner = web.AppRunner(app, access_log=None)
-    started = threading.Event()
-    port: list[int] = []
-
-    async def start() -> None:
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port.append(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(start())
-        started.set()
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-        loop.close()
-
-    thread = threading.Thread(target=serve, name="test-http-server", daemon=True)
-    thread.start()
-    assert started.wait(10), "the test HTTP server did not start"
-    try:
-        yield HttpServer(root, f"http://127.0.0.1:{port[0]}")
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
+    with serve(app) as url:
+        yield HttpServer(root, url)
 
 
 @pytest.fixture(autouse=True)

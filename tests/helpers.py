@@ -7,15 +7,19 @@ streamfilter's matching code.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import io
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from aiohttp import web
 
 from streamfilter.demo import laion_table
 
@@ -123,6 +127,23 @@ def sha256_tree(root: Path) -> dict[str, str]:
     }
 
 
+#: The fields of one shard in the report, as the CLI contract documents them (and their extensions).
+REPORT_SHARD_FIELDS = {
+    "input",
+    "output",
+    "status",
+    "rows_in",
+    "rows_out",
+    "rows_removed",
+    "bytes_read",
+    "bytes_written",
+    "seconds",
+    "error",
+    "resumed",
+    "output_etag",
+}
+
+
 #: Where the engine keeps its receipts under an output prefix; not output data.
 RECEIPTS = "_streamfilter/"
 
@@ -177,3 +198,35 @@ def corrupt_row_group(data: bytes, index: int) -> bytes:
         col.dictionary_page_offset if col.has_dictionary_page and col.dictionary_page_offset else col.data_page_offset
     )
     return data[:start] + b"\xff" * 64 + data[start + 64 :]
+
+
+@contextlib.contextmanager
+def serve(app: web.Application) -> Iterator[str]:
+    """Run ``app`` on 127.0.0.1 in a thread of its own, with its own event loop; yields its base URL."""
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app, access_log=None)
+    started = threading.Event()
+    url: list[str] = []
+
+    async def start() -> None:
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        url.append(f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}")  # type: ignore[union-attr]
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(start())
+        started.set()
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+
+    thread = threading.Thread(target=run, name="test-server", daemon=True)
+    thread.start()
+    assert started.wait(10), "the test server did not start"
+    try:
+        yield url[0]
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from helpers import (
+    REPORT_SHARD_FIELDS,
     assert_same_table,
     files_under,
     read_parquet,
@@ -22,21 +23,6 @@ from helpers import (
 
 import streamfilter
 from streamfilter import cli
-
-REPORT_SHARD_FIELDS = {
-    "input",
-    "output",
-    "status",
-    "rows_in",
-    "rows_out",
-    "rows_removed",
-    "bytes_read",
-    "bytes_written",
-    "seconds",
-    "error",
-    "resumed",
-    "output_etag",
-}
 
 
 @pytest.fixture

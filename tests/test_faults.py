@@ -16,12 +16,10 @@ outlast the retries.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import io
 import logging
 import random
-import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -41,6 +39,7 @@ from helpers import (
     s3_keys,
     s3_pending_uploads,
     sample,
+    serve,
     shard_table,
     write_list,
     write_shard,
@@ -242,38 +241,6 @@ class FaultProxy:
 
         app.cleanup_ctx.append(session)
         return app
-
-
-@contextlib.contextmanager
-def serve(app: web.Application) -> Iterator[str]:
-    """Run ``app`` on 127.0.0.1 in a thread of its own, with its own event loop; yields its base URL."""
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app, access_log=None)
-    started = threading.Event()
-    url: list[str] = []
-
-    async def start() -> None:
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        url.append(f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}")  # type: ignore[union-attr]
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(start())
-        started.set()
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-        loop.close()
-
-    thread = threading.Thread(target=run, name="test-server", daemon=True)
-    thread.start()
-    assert started.wait(10), "the test server did not start"
-    try:
-        yield url[0]
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
 
 
 @pytest.fixture

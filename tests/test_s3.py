@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import (
     FOOTER_WINDOW,
+    REPORT_SHARD_FIELDS,
     assert_read_once,
     assert_same_table,
     corrupt_row_group,
@@ -252,23 +253,9 @@ def test_report_on_s3_has_documented_fields(s3_endpoint, s3_client, bucket, tmp_
     assert code == 0
     report = json.loads(s3_get(s3_client, bucket, "reports/run.json"))
     assert {"shards", "totals", "key_spec", "set_digest"} <= set(report)
-    fields = {
-        "input",
-        "output",
-        "status",
-        "rows_in",
-        "rows_out",
-        "rows_removed",
-        "bytes_read",
-        "bytes_written",
-        "seconds",
-        "error",
-        "resumed",
-        "output_etag",
-    }
     assert len(report["shards"]) == 3
     for i, shard in enumerate(report["shards"]):
-        assert set(shard) == fields
+        assert set(shard) == REPORT_SHARD_FIELDS
         assert shard["input"] == f"s3://{bucket}/in/{i}.parquet"
         assert shard["output"] == f"s3://{bucket}/out/{i}.parquet"
         assert shard["status"] == "done" and shard["error"] is None
