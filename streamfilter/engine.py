@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,83 +21,20 @@ from typing import BinaryIO
 
 import anyio
 import anyio.to_thread
-import pyarrow as pa
-import pyarrow.compute as pc
 from anyio.from_thread import BlockingPortal
 
 from ._version import __version__
 from .errors import ShardError, StreamfilterError, UsageError, redact_uri
 from .formats import detect_format
-from .formats.parquet import ParquetOutput, ParquetShard, row_group_span
-from .keys import KeySpec, extract_keys, require_columns
 from .ledger import Receipt, Report, ShardReport, input_identity, receipt_uri, worker_report_uri
+from .pipelines import Counts, Pipeline, ShardFiles, ShardTools, pipeline_for
 from .plan import Shard, plan_shards, worker_share
 from .progress import Progress
-from .sets import ExactKeySet, build_key_set
+from .sets import build_key_set
 from .spec import JobSpec
 from .store import ObjectInfo, PartSink, Stores, scheme_of
 
 log = logging.getLogger("streamfilter")
-
-
-@dataclass(frozen=True)
-class Filter:
-    """What decides, per row, whether it stays."""
-
-    key: KeySpec
-    key_set: ExactKeySet
-    mode: str
-
-    def keep_mask(self, table: pa.Table, source: str) -> pa.Array:
-        hit = self.key_set.contains(extract_keys(table, self.key, source))
-        return hit if self.mode == "allow" else pc.invert(hit)
-
-
-@dataclass(frozen=True)
-class ShardTools:
-    """What the pipeline thread needs besides its input and output."""
-
-    rule: Filter
-    progress: Progress
-    #: Parallel column decoding pays only while fewer shards than cores are in flight
-    #: (measured: 3 shards on 2 cores ran 1.12x Polars' wall time without it, 1.26x with it).
-    decode_threads: bool
-    #: Set when the run must stop: checked between row groups, so a shard gives up within one.
-    cancelled: threading.Event
-
-
-def filter_parquet(source: BinaryIO, sink: BinaryIO | None, name: str, tools: ShardTools) -> tuple[int, int]:
-    """Filter one Parquet shard row group by row group; ``sink=None`` only counts.
-
-    Returns (rows in, rows out). Runs in a worker thread.
-    """
-    rule = tools.rule
-    shard = ParquetShard(source, name)
-    require_columns(shard.schema, rule.key, name)  # also for a shard without row groups
-    output = ParquetOutput(sink, shard.schema, shard.metadata) if sink is not None else None
-    # A dry run decodes only the key columns.
-    columns = list(rule.key.columns) if output is None else None
-    rows_in = rows_out = 0
-    for i, table in enumerate(shard.row_groups(columns, use_threads=tools.decode_threads)):
-        if tools.cancelled.is_set():
-            raise ShardError(
-                f"{name}: stopped by a signal before it was finished; nothing was written, rerun to finish"
-            )
-        keep = rule.keep_mask(table, name)
-        kept = keep.true_count
-        rows_in += table.num_rows
-        rows_out += kept
-        if output is not None:
-            output.write(table if kept == table.num_rows else table.filter(keep))
-        start, end = row_group_span(shard.metadata, i, columns)
-        tools.progress.add(table.num_rows, end - start)  # stored (compressed) bytes, as read
-        del table, keep  # free this row group before the next one is decoded: one, not two, in memory
-    if output is not None:
-        output.close()
-    return rows_in, rows_out
-
-
-PIPELINES = {"parquet": filter_parquet}
 
 
 @dataclass
@@ -133,20 +69,20 @@ async def read_receipt(shard: Shard, ctx: RunContext, info: ObjectInfo) -> Recei
     return receipt if output.size == receipt.output_size else None
 
 
-async def rewrite(shard: Shard, ctx: RunContext, pipeline: Callable, source: BinaryIO, label: str) -> tuple:
-    """Filter into the output object and commit it; returns (rows in, rows out, output info)."""
+async def rewrite(shard: Shard, ctx: RunContext, pipeline: Pipeline, files: ShardFiles) -> tuple[Counts, ObjectInfo]:
+    """Filter into the output object and commit it; returns what the pipeline counted and the output."""
     assert shard.output is not None
     out_store = ctx.stores.for_uri(shard.output)
     async with out_store.open_write(shard.output) as upload:
-        sink = PartSink(upload, out_store.part_size, ctx.portal)
-        rows_in, rows_out = await anyio.to_thread.run_sync(pipeline, source, sink, label, ctx.tools)
+        files.sink = sink = PartSink(upload, out_store.part_size, ctx.portal)
+        counts = await anyio.to_thread.run_sync(pipeline, files, ctx.tools)
         written = await upload.commit(sink.remainder())
     if written.size != sink.bytes_written:
         raise ShardError(
             f"{redact_uri(shard.output)} holds {written.size} bytes after commit, {sink.bytes_written} were "
             "written; the store lost data, run again"
         )
-    return rows_in, rows_out, written
+    return counts, written
 
 
 def shard_report(shard: Shard, error: str | None = None) -> ShardReport:
@@ -154,33 +90,71 @@ def shard_report(shard: Shard, error: str | None = None) -> ShardReport:
     return ShardReport(redact_uri(shard.input), shard.output and redact_uri(shard.output), error=error)
 
 
+def sibling_uri(uri: str, extension: str) -> str:
+    """The URI of the object beside ``uri`` with another extension: ``a/00001.tar`` -> ``a/00001.parquet``."""
+    head, _, name = uri.rpartition("/")
+    stem = name.split(".", 1)[0] if "." in name else name
+    return f"{head}/{stem}{extension}" if head else f"{stem}{extension}"
+
+
+class _OpenedFiles:
+    """Every input object a shard opened, so they are closed and their bytes counted once."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self.files: list = []
+
+    def open(self, info: ObjectInfo) -> BinaryIO:
+        file = self.ctx.stores.for_uri(info.uri).open_input(info, self.ctx.portal)
+        self.files.append(file)
+        return file
+
+    def sibling_opener(self, uri: str) -> Callable[[str], BinaryIO]:
+        def open_sibling(extension: str) -> BinaryIO:
+            # Runs in the pipeline's worker thread: the stat goes through the event loop.
+            target = sibling_uri(uri, extension)
+            info = self.ctx.portal.call(self.ctx.stores.for_uri(target).stat, target)
+            return self.open(info)
+
+        return open_sibling
+
+    def close(self) -> int:
+        for file in self.files:
+            file.close()
+        return sum(file.bytes_read for file in self.files)
+
+
+def _take_counts(report: ShardReport, counts: Counts) -> None:
+    report.rows_in, report.rows_out = counts.rows_in, counts.rows_out
+    report.members_in, report.members_out, report.unkeyed = counts.members_in, counts.members_out, counts.unkeyed
+
+
 async def process_shard(shard: Shard, ctx: RunContext) -> ShardReport:
     """Run one shard start to finish; every failure ends up in its report, never raised."""
     report = shard_report(shard)
     start = time.perf_counter()
-    source = None
+    opened = _OpenedFiles(ctx)
     try:
-        pipeline = PIPELINES[detect_format(shard.input, ctx.spec.format)]
-        store = ctx.stores.for_uri(shard.input)
-        info = await store.stat(shard.input)
+        pipeline = pipeline_for(detect_format(shard.input, ctx.spec.format))
+        info = await ctx.stores.for_uri(shard.input).stat(shard.input)
         receipt = await read_receipt(shard, ctx, info)
         if receipt is not None:
             report.rows_in, report.rows_out = receipt.rows_in, receipt.rows_out
             report.bytes_written, report.output_etag = receipt.output_size, receipt.output_etag
+            report.bytes_saved = info.size - receipt.output_size
             report.resumed = True
         else:
-            source = store.open_input(info, ctx.portal)
-            label = redact_uri(shard.input)
+            files = ShardFiles(opened.open(info), None, redact_uri(shard.input), opened.sibling_opener(shard.input))
             if shard.output is None:
-                report.rows_in, report.rows_out = await anyio.to_thread.run_sync(
-                    pipeline, source, None, label, ctx.tools
-                )
+                _take_counts(report, await anyio.to_thread.run_sync(pipeline, files, ctx.tools))
             else:
                 if ctx.spec.backup is not None:
                     backup = f"{ctx.spec.backup.rstrip('/')}/{shard.name}"
                     await ctx.stores.for_uri(backup).copy(info, backup)
-                report.rows_in, report.rows_out, written = await rewrite(shard, ctx, pipeline, source, label)
+                counts, written = await rewrite(shard, ctx, pipeline, files)
+                _take_counts(report, counts)
                 report.bytes_written, report.output_etag = written.size, written.etag
+                report.bytes_saved = info.size - written.size
                 await write_receipt(shard, ctx, info, written, report)
         report.rows_removed = report.rows_in - report.rows_out
         report.status = "done"
@@ -191,9 +165,7 @@ async def process_shard(shard: Shard, ctx: RunContext) -> ShardReport:
         report.error = " ".join(f"unexpected {type(exc).__name__} on {redact_uri(shard.input)}: {exc}".split())
         log.debug("shard %s failed", redact_uri(shard.input), exc_info=True)
     finally:
-        if source is not None:
-            source.close()
-            report.bytes_read = source.bytes_read
+        report.bytes_read = opened.close()
         report.seconds = round(time.perf_counter() - start, 4)
     ctx.tools.progress.shard_finished(report)
     return report

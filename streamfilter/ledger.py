@@ -27,6 +27,13 @@ class ShardReport:
     resumed: bool = False
     #: The committed output's ETag (S3), for the next stage's manifest.
     output_etag: str | None = None
+    #: Input size minus output size: what the rewrite saved.
+    bytes_saved: int = 0
+    #: Tar members in and kept (WebDataset); None for formats without members.
+    members_in: int | None = None
+    members_out: int | None = None
+    #: Samples or lines kept without a usable key (only with ``on_unkeyed = "keep"``).
+    unkeyed: int | None = None
 
 
 @dataclass
@@ -55,6 +62,7 @@ class Report:
             "rows_removed": sum(s.rows_removed for s in done),
             "bytes_read": sum(s.bytes_read for s in self.shards),
             "bytes_written": sum(s.bytes_written for s in done),
+            "bytes_saved": sum(s.bytes_saved for s in done),
             "seconds": round(self.seconds, 3),
         }
 

@@ -141,6 +141,10 @@ REPORT_SHARD_FIELDS = {
     "error",
     "resumed",
     "output_etag",
+    "bytes_saved",
+    "members_in",
+    "members_out",
+    "unkeyed",
 }
 
 

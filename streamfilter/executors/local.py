@@ -8,8 +8,9 @@ import threading
 import anyio
 from anyio.from_thread import BlockingPortal
 
-from ..engine import Filter, RunContext, ShardTools, process_shard, shard_report
+from ..engine import RunContext, process_shard, shard_report
 from ..ledger import ShardReport
+from ..pipelines import Filter, ShardTools
 from ..plan import Shard
 from ..progress import Progress
 from ..sets import ExactKeySet
