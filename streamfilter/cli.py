@@ -13,6 +13,7 @@ import anyio
 
 from ._version import __version__
 from .errors import StreamfilterError, UsageError, redact_uri
+from .formats import FORMATS
 from .ledger import Report
 from .progress import Progress
 from .spec import DEFAULT_CONCURRENCY, JobSpec, build_spec, load_config
@@ -49,7 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("inputs", nargs="*", metavar="INPUT", help="object, glob, brace range {00000..00127}, @MANIFEST")
     run.add_argument("--output", metavar="PREFIX", help="where filtered shards go (names mirror the inputs)")
     _add_key_flags(run)
-    run.add_argument("--format", choices=["auto", "parquet"], help="shard format (default: by extension)")
+    run.add_argument("--format", choices=list(FORMATS), help="shard format (default: by extension)")
+    run.add_argument(
+        "--on-unkeyed",
+        choices=["fail", "keep"],
+        help="a tar sample or JSON line without the key field: fail the shard (default) or keep it and count it",
+    )
     run.add_argument("--report", metavar="FILE", help="write the JSON report here (local or s3://)")
     run.add_argument("--concurrency", type=int, metavar="N", help=f"shards in flight (default: {DEFAULT_CONCURRENCY})")
     run.add_argument("--dry-run", action="store_true", default=None, help="count matches, write nothing but the report")

@@ -30,7 +30,11 @@ async def run_shards(
     """Run ``shards`` at most ``spec.concurrency`` at a time; one report per shard, in order."""
     in_flight = min(spec.concurrency, len(shards))
     tools = ShardTools(
-        Filter(spec.key, key_set, spec.mode), progress, in_flight < (os.cpu_count() or 1), threading.Event()
+        Filter(spec.key, key_set, spec.mode),
+        progress,
+        decode_threads=in_flight < (os.cpu_count() or 1),
+        cancelled=threading.Event(),
+        on_unkeyed=spec.on_unkeyed,
     )
     reports = [shard_report(s) for s in shards]
     limiter = anyio.CapacityLimiter(spec.concurrency)

@@ -6,8 +6,14 @@ from urllib.parse import urlsplit
 
 from ..errors import UsageError, redact_uri
 
-FORMATS = ("auto", "parquet")
-_EXTENSIONS = {".parquet": "parquet", ".pq": "parquet"}
+FORMATS = ("auto", "parquet", "jsonl", "webdataset")
+#: Checked in order against the end of the object's name; compressed JSON lines keep their inner extension.
+_EXTENSIONS = {
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".tar": "webdataset",
+    **{f"{ext}{comp}": "jsonl" for ext in (".jsonl", ".ndjson") for comp in ("", ".gz", ".zst")},
+}
 
 
 def detect_format(uri: str, requested: str) -> str:
@@ -20,4 +26,6 @@ def detect_format(uri: str, requested: str) -> str:
     for ext, fmt in _EXTENSIONS.items():
         if name.endswith(ext):
             return fmt
-    raise UsageError(f"cannot tell the format of {redact_uri(uri)} from its extension; pass --format parquet")
+    raise UsageError(
+        f"cannot tell the format of {redact_uri(uri)} from its extension; pass --format parquet, jsonl or webdataset"
+    )
