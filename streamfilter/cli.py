@@ -56,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
         choices=["fail", "keep"],
         help="a tar sample or JSON line without the key field: fail the shard (default) or keep it and count it",
     )
+    run.add_argument(
+        "--sidecar",
+        choices=["parquet"],
+        help="tars: key each sample by the sibling img2dataset .parquet (its 'key' column) instead of its .json",
+    )
     run.add_argument("--report", metavar="FILE", help="write the JSON report here (local or s3://)")
     run.add_argument("--concurrency", type=int, metavar="N", help=f"shards in flight (default: {DEFAULT_CONCURRENCY})")
     run.add_argument("--dry-run", action="store_true", default=None, help="count matches, write nothing but the report")

@@ -29,6 +29,8 @@ class JobSpec:
     format: str = "auto"
     #: A sample or line without the key field: "fail" the shard, or "keep" it and count it as unkeyed.
     on_unkeyed: str = "fail"
+    #: WebDataset tars: take each sample's key from the sibling ``.parquet`` (img2dataset) instead of its ``.json``.
+    sidecar: str | None = None
     report: str | None = None
     concurrency: int = DEFAULT_CONCURRENCY
     dry_run: bool = False
@@ -72,6 +74,8 @@ class JobSpec:
             raise UsageError(f"--mode {self.mode!r}: choose deny (drop listed keys) or allow (keep only them)")
         if self.on_unkeyed not in ("fail", "keep"):
             raise UsageError(f"--on-unkeyed {self.on_unkeyed!r}: choose fail or keep")
+        if self.sidecar not in (None, "parquet"):
+            raise UsageError(f"--sidecar {self.sidecar!r}: the one sidecar known is parquet (img2dataset's)")
         if self.format not in FORMATS:
             raise UsageError(f"--format {self.format!r}: choose one of {', '.join(FORMATS)}")
         if self.num_workers < 1 or not 0 <= self.worker_index < self.num_workers:
@@ -91,7 +95,8 @@ class JobSpec:
 
 #: Option names accepted from TOML and the API, mapped to JobSpec fields.
 OPTIONS = (
-    "inputs", "output", "blocklist", "key", "key_separator", "normalize", "mode", "format", "on_unkeyed", "report",
+    "inputs", "output", "blocklist", "key", "key_separator", "normalize", "mode", "format", "on_unkeyed", "sidecar",
+    "report",
     "concurrency", "dry_run", "output_inside_input", "overwrite", "in_place", "backup", "grace_seconds",
     "s3_endpoint_url", "http_header", "retries", "retry_max_seconds", "num_workers", "worker_index", "executor",
     "ray_address", "ray_task_cpus", "manifest_out", "log_format", "metrics_file",
@@ -132,6 +137,7 @@ def build_spec(options: dict[str, Any]) -> JobSpec:
         mode=opts.get("mode", "deny"),
         format=opts.get("format", "auto"),
         on_unkeyed=opts.get("on_unkeyed", "fail"),
+        sidecar=opts.get("sidecar"),
         report=opts.get("report"),
         concurrency=concurrency,
         dry_run=bool(opts.get("dry_run", False)),

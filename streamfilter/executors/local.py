@@ -35,6 +35,7 @@ async def run_shards(
         decode_threads=in_flight < (os.cpu_count() or 1),
         cancelled=threading.Event(),
         on_unkeyed=spec.on_unkeyed,
+        sidecar=spec.sidecar,
     )
     reports = [shard_report(s) for s in shards]
     limiter = anyio.CapacityLimiter(spec.concurrency)

@@ -50,6 +50,8 @@ class ShardTools:
     cancelled: threading.Event
     #: What a sample or line without a usable key does: "fail" the shard, or "keep" it and count it.
     on_unkeyed: str = "fail"
+    #: Tars: "parquet" keys samples through the sibling img2dataset Parquet; None reads each sample's .json.
+    sidecar: str | None = None
 
     def check_cancelled(self, name: str) -> None:
         if self.cancelled.is_set():
