@@ -63,6 +63,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--report", metavar="FILE", help="write the JSON report here (local or s3://)")
     run.add_argument("--concurrency", type=int, metavar="N", help=f"shards in flight (default: {DEFAULT_CONCURRENCY})")
+    run.add_argument(
+        "--no-scan",
+        dest="scan",
+        action="store_false",
+        default=None,
+        help="skip the key-column scan that lets shards without hits be copied (or, in place, left) untouched",
+    )
     run.add_argument("--dry-run", action="store_true", default=None, help="count matches, write nothing but the report")
     run.add_argument(
         "--output-inside-input", action="store_true", default=None, help="allow output under the input prefix"

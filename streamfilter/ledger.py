@@ -29,6 +29,9 @@ class ShardReport:
     output_etag: str | None = None
     #: Input size minus output size: what the rewrite saved.
     bytes_saved: int = 0
+    #: How the output came to be: "rewrite"; "server_copy" or "byte_copy" of a shard the scan
+    #: found clean; "unchanged" (in place and clean: nothing written). None when nothing was written.
+    output_via: str | None = None
     #: Tar members in and kept (WebDataset); None for formats without members.
     members_in: int | None = None
     members_out: int | None = None
@@ -143,6 +146,9 @@ class Receipt:
     rows_in: int
     rows_out: int
     rows_removed: int
+    #: True when the scan read and matched every key and found nothing to remove: the output is
+    #: a byte copy of the input (or, in place, the input itself, untouched).
+    verified_clean: bool = False
 
     def to_json(self) -> bytes:
         return (json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n").encode()

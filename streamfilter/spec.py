@@ -34,6 +34,8 @@ class JobSpec:
     report: str | None = None
     concurrency: int = DEFAULT_CONCURRENCY
     dry_run: bool = False
+    #: Two-phase run: read only the key columns first and rewrite only shards with rows to remove.
+    scan: bool = True
     output_inside_input: bool = False
     #: Redo every shard, even those whose receipt shows them done.
     overwrite: bool = False
@@ -97,7 +99,7 @@ class JobSpec:
 OPTIONS = (
     "inputs", "output", "blocklist", "key", "key_separator", "normalize", "mode", "format", "on_unkeyed", "sidecar",
     "report",
-    "concurrency", "dry_run", "output_inside_input", "overwrite", "in_place", "backup", "grace_seconds",
+    "concurrency", "dry_run", "scan", "output_inside_input", "overwrite", "in_place", "backup", "grace_seconds",
     "s3_endpoint_url", "http_header", "retries", "retry_max_seconds", "num_workers", "worker_index", "executor",
     "ray_address", "ray_task_cpus", "manifest_out", "log_format", "metrics_file",
 )  # fmt: skip
@@ -141,6 +143,7 @@ def build_spec(options: dict[str, Any]) -> JobSpec:
         report=opts.get("report"),
         concurrency=concurrency,
         dry_run=bool(opts.get("dry_run", False)),
+        scan=bool(opts.get("scan", True)),
         output_inside_input=bool(opts.get("output_inside_input", False)),
         overwrite=bool(opts.get("overwrite", False)),
         in_place=bool(opts.get("in_place", False)),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 import pyarrow as pa
@@ -72,6 +72,8 @@ class ShardFiles:
     #: Opens the object beside the input with another extension (``00000.tar`` -> ``00000.parquet``);
     #: raises ShardError when it is missing. Its bytes count as read by this shard.
     open_sibling: Callable[[str], BinaryIO]
+    #: What a scan learned (a parsed footer), for the rewrite of the same shard that follows it.
+    state: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -89,6 +91,18 @@ class Counts:
 Pipeline = Callable[[ShardFiles, ShardTools], Counts]
 
 
+Scanner = Callable[[ShardFiles, ShardTools], "Counts | None"]
+
+
 def pipeline_for(fmt: str) -> Pipeline:
     """The ``filter_shard`` of ``pipelines/<fmt>.py``, imported on first use."""
     return importlib.import_module(f"{__name__}.{fmt}").filter_shard
+
+
+def scanner_for(fmt: str, tools: ShardTools) -> Scanner | None:
+    """The format's cheap first pass, if it has one: ``scan_shard`` returns the counts of a
+    shard with nothing to remove, or None as soon as it finds a row that must go."""
+    module = importlib.import_module(f"{__name__}.{fmt}")
+    scanner = getattr(module, "scan_shard", None)
+    wants = getattr(module, "scans", None)  # a format may scan only in some modes (tars: with a sidecar)
+    return scanner if scanner is not None and (wants is None or wants(tools)) else None

@@ -7,11 +7,19 @@ from ..keys import require_columns
 from . import Counts, ShardFiles, ShardTools
 
 
+def _open(files: ShardFiles, tools: ShardTools) -> ParquetShard:
+    """The shard with its footer parsed, once per shard even when a scan came first."""
+    shard = files.state.get("parquet")
+    if shard is None:
+        shard = files.state["parquet"] = ParquetShard(files.source, files.name)
+        require_columns(shard.schema, tools.rule.key, files.name)  # also for a shard without row groups
+    return shard
+
+
 def filter_shard(files: ShardFiles, tools: ShardTools) -> Counts:
     """Filter one Parquet shard; without a sink only the key columns are decoded and counted."""
     rule, name = tools.rule, files.name
-    shard = ParquetShard(files.source, name)
-    require_columns(shard.schema, rule.key, name)  # also for a shard without row groups
+    shard = _open(files, tools)
     output = ParquetOutput(files.sink, shard.schema, shard.metadata) if files.sink is not None else None
     columns = list(rule.key.columns) if output is None else None
     counts = Counts()
@@ -29,3 +37,28 @@ def filter_shard(files: ShardFiles, tools: ShardTools) -> Counts:
     if output is not None:
         output.close()
     return counts
+
+
+def scan_shard(files: ShardFiles, tools: ShardTools) -> Counts | None:
+    """Phase one of a two-phase run: the shard's counts if no row would be removed, else None.
+
+    Reads the footer and the key columns' chunks only, and stops at the first row
+    group with a row to remove, so a shard with hits costs little more than its
+    rewrite. A shard is called clean only after every row group's keys were
+    decoded and matched: a row group that fails to decode fails the shard.
+    """
+    rule, name = tools.rule, files.name
+    shard = _open(files, tools)
+    columns = list(rule.key.columns)
+    rows = stored = 0
+    for i, table in enumerate(shard.row_groups(columns, use_threads=tools.decode_threads)):
+        tools.check_cancelled(name)
+        if rule.keep_mask(table, name).false_count:
+            return None
+        rows += table.num_rows
+        start, end = row_group_span(shard.metadata, i, columns)
+        stored += end - start
+    if rows != shard.metadata.num_rows:  # every row the footer declares must have been matched
+        return None
+    tools.progress.add(rows, stored)
+    return Counts(rows_in=rows, rows_out=rows)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import UsageError
-from .base import ObjectInfo, RetryPolicy, Store, Upload
+from .base import ObjectInfo, RetryPolicy, Store, Upload, stream_copy
 from .bridge import PartSink, RangeFile
 
 __all__ = [
@@ -94,6 +94,16 @@ class Stores:
 
             return HttpStore(self._options.http_headers, self._retry)
         raise UsageError(f"unsupported URI scheme {scheme}://; use s3://, http(s):// or a local path")
+
+    async def copy(self, src: ObjectInfo, dst: str) -> tuple[ObjectInfo, bool]:
+        """Copy ``src`` to ``dst``, server-side when both are on the same store that can.
+
+        Returns the new object and whether its bytes passed through this process.
+        """
+        source, target = self.for_uri(src.uri), self.for_uri(dst)
+        if source is target:
+            return await target.copy(src, dst), not target.server_side_copy
+        return await stream_copy(source, src, target, dst), True
 
     async def aclose(self) -> None:
         for store in self._stores.values():

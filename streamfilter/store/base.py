@@ -80,6 +80,9 @@ class Upload(abc.ABC):
 class Store(abc.ABC):
     """Object I/O for one URI scheme."""
 
+    #: True when :meth:`copy` within this store moves no bytes through this process.
+    server_side_copy: bool = False
+
     #: False for read-only stores (HTTP): outputs and reports cannot go there.
     writable: bool = True
 
@@ -103,13 +106,8 @@ class Store(abc.ABC):
         """Start an atomic write of ``uri``."""
 
     async def copy(self, src: ObjectInfo, dst: str) -> ObjectInfo:
-        """Copy an object; stores that can copy server-side override this."""
-        async with self.open_write(dst) as upload:
-            pos = 0
-            while src.size - pos > self.part_size:
-                await upload.write_part(await self.read_range(src.uri, pos, pos + self.part_size))
-                pos += self.part_size
-            return await upload.commit(await self.read_range(src.uri, pos, src.size))
+        """Copy an object of this store; stores that can copy server-side override this."""
+        return await stream_copy(self, src, self, dst)
 
     async def read_all(self, uri: str) -> bytes:
         info = await self.stat(uri)
@@ -196,3 +194,13 @@ def check_length(uri: str, data: bytes, expected: int) -> bytes:
             "the object changed or the connection dropped, run again"
         )
     return data
+
+
+async def stream_copy(source: Store, src: ObjectInfo, target: Store, dst: str) -> ObjectInfo:
+    """Copy bytes as they are, part by part (no decoding), between any two stores; atomic at the target."""
+    async with target.open_write(dst) as upload:
+        pos = 0
+        while src.size - pos > target.part_size:
+            await upload.write_part(await source.read_range(src.uri, pos, pos + target.part_size))
+            pos += target.part_size
+        return await upload.commit(await source.read_range(src.uri, pos, src.size))

@@ -1,0 +1,193 @@
+"""WebDataset tar shards: samples decided in batches, kept members copied byte for byte.
+
+A sample's key comes from its ``.json`` member (the ``--key`` fields, dotted
+paths allowed, read as in JSON Lines), or with ``--sidecar parquet`` from the
+img2dataset Parquet beside the tar: the rule decides each Parquet row, and the
+samples whose ``key`` is in a removed row go. A sample with no usable key (no
+``.json``, JSON that does not parse, a missing field, a key absent from the
+sidecar, a member without an extension) fails the shard, or with
+``--on-unkeyed keep`` is kept and counted. The sample key is WebDataset's (the
+member path without extensions), compared with the sidecar's ``key`` as is.
+
+Samples are decided ``BATCH_SAMPLES`` at a time (one ``keep_mask`` call each), or
+sooner when the batch holds ``BATCH_BYTES`` of archive; runs of kept samples are
+contiguous in the input and written as single spans.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..errors import ShardError
+from ..formats.parquet import ParquetShard
+from ..formats.webdataset import Sample, TarReader, TarWriter
+from ..keys import require_columns
+from . import Counts, ShardFiles, ShardTools
+from .jsonl import KeyBatch, parse_json
+
+BATCH_SAMPLES = 512
+BATCH_BYTES = 64 * 1024 * 1024
+_BOM = b"\xef\xbb\xbf"
+_KEEP = "pass --on-unkeyed keep to keep such samples"
+
+
+class JsonKeys:
+    """Keys from each sample's ``.json`` member."""
+
+    meta: str | None = "json"
+
+    def __init__(self, files: ShardFiles, tools: ShardTools) -> None:
+        self.name, self.tools = files.name, tools
+
+    def decide(self, batch: list[Sample]) -> tuple[np.ndarray, int]:
+        """Keep (True) or drop per sample of ``batch``, and how many were kept unkeyed."""
+        keys = KeyBatch(self.tools.rule.key.columns)
+        unkeyed = 0
+        for i, sample in enumerate(batch):
+            if sample.structural:
+                continue
+            problem = None
+            if sample.key is None:
+                problem = "has no extension, so it belongs to no sample"
+            elif sample.meta is None:
+                problem = "has no .json member"
+            else:
+                meta = sample.meta[3:] if sample.meta.startswith(_BOM) else sample.meta
+                try:
+                    doc = parse_json(meta)
+                except ValueError:
+                    problem = "has a .json member that is not JSON"
+                else:
+                    missing = keys.add(i, doc)
+                    if missing is not None:
+                        problem = f"has no usable {missing!r} in its .json (missing, null, an object or an array)"
+            if problem is not None:
+                if self.tools.on_unkeyed != "keep":
+                    what = f"sample {sample.key!r}" if sample.key is not None else f"member {sample.first!r}"
+                    raise ShardError(f"{self.name}: {what} {problem}; fix the shard, choose --key, or {_KEEP}")
+                unkeyed += 1
+        keep = np.ones(len(batch), bool)
+        if keys.rows:
+            keep[keys.rows] = keys.keep(self.tools.rule, self.name)
+        return keep, unkeyed
+
+
+def _sibling_name(name: str, extension: str) -> str:
+    head, slash, base = name.rpartition("/")
+    return f"{head}{slash}{base.split('.', 1)[0]}{extension}"
+
+
+class SidecarKeys:
+    """Keys through the img2dataset Parquet beside the tar: its ``key`` column names the samples."""
+
+    meta: str | None = None
+
+    def __init__(self, files: ShardFiles, tools: ShardTools) -> None:
+        self.name, self.tools = files.name, tools
+        rule = tools.rule
+        sidecar = _sibling_name(files.name, ".parquet")
+        try:
+            file = files.open_sibling(".parquet")
+        except ShardError as exc:
+            raise ShardError(
+                f"{files.name}: its sidecar Parquet {sidecar} cannot be opened ({exc}); put it beside the tar "
+                "or leave out --sidecar"
+            ) from None
+        shard = ParquetShard(file, sidecar)
+        if "key" not in shard.schema.names:
+            raise ShardError(f"{sidecar} has no 'key' column, so it is not an img2dataset shard Parquet; check it")
+        require_columns(shard.schema, rule.key, sidecar)
+        columns = list(dict.fromkeys(["key", *rule.key.columns]))
+        known: list[str] = []
+        removed: list[str] = []
+        for table in shard.row_groups(columns, use_threads=False):
+            tools.check_cancelled(files.name)
+            drop = pc.invert(rule.keep_mask(table, sidecar).fill_null(True))
+            try:
+                keys = table.column("key").cast(pa.large_string())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                raise ShardError(f"{sidecar}: its 'key' column is not text; check the Parquet") from None
+            known += keys.drop_null().to_pylist()
+            removed += keys.filter(drop).drop_null().to_pylist()
+        self.known = set(known)
+        if len(self.known) != len(known):
+            seen: set[str] = set()
+            twice = next(k for k in known if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+            raise ShardError(
+                f"{sidecar}: key {twice!r} is on more than one row, so rows cannot be told apart; fix the Parquet"
+            )
+        self.removed = set(removed)
+
+    def decide(self, batch: list[Sample]) -> tuple[np.ndarray, int]:
+        keep = np.ones(len(batch), bool)
+        unkeyed = 0
+        for i, sample in enumerate(batch):
+            if sample.structural:
+                continue
+            if sample.key is None or sample.key not in self.known:
+                if self.tools.on_unkeyed != "keep":
+                    what = f"sample {sample.key!r}" if sample.key is not None else f"member {sample.first!r}"
+                    raise ShardError(f"{self.name}: {what} is not in its sidecar Parquet's 'key' column; {_KEEP}")
+                unkeyed += 1
+            elif sample.key in self.removed:
+                keep[i] = False
+        return keep, unkeyed
+
+
+def filter_shard(files: ShardFiles, tools: ShardTools) -> Counts:
+    """Filter one tar shard; without a sink only counts (members' data beyond the metadata is barely read)."""
+    keys = SidecarKeys(files, tools) if tools.sidecar == "parquet" else JsonKeys(files, tools)
+    reader = TarReader(files.source, files.name)
+    writer = TarWriter(files.sink) if files.sink is not None else None
+    counts = Counts(members_in=0, members_out=0, unkeyed=0)
+    batch: list[Sample] = []
+    for sample in reader.samples(meta=keys.meta):
+        batch.append(sample)
+        if len(batch) >= BATCH_SAMPLES or reader.held_bytes >= BATCH_BYTES:
+            _flush(batch, keys, reader, writer, counts, tools)
+            batch = []
+    if batch:
+        _flush(batch, keys, reader, writer, counts, tools)
+    if writer is not None:
+        writer.close()
+    return counts
+
+
+def _flush(
+    batch: list[Sample],
+    keys: JsonKeys | SidecarKeys,
+    reader: TarReader,
+    writer: TarWriter | None,
+    counts: Counts,
+    tools: ShardTools,
+) -> None:
+    tools.check_cancelled(reader.name)
+    reader.verify()  # decide nothing on a corrupt header
+    keep, unkeyed = keys.decide(batch)
+    rows = kept_rows = members = kept_members = 0
+    run_start = run_end = -1
+    for sample, kept in zip(batch, keep.tolist(), strict=True):
+        members += sample.members
+        if not sample.structural:
+            rows += 1
+            kept_rows += kept
+        if not kept:
+            continue
+        kept_members += sample.members
+        if writer is not None:
+            if sample.start != run_end:
+                if run_end > run_start:
+                    reader.copy(run_start, run_end, writer.write)
+                run_start = sample.start
+            run_end = sample.end
+    if writer is not None and run_end > run_start:
+        reader.copy(run_start, run_end, writer.write)
+    counts.rows_in += rows
+    counts.rows_out += kept_rows
+    counts.members_in += members  # type: ignore[operator]
+    counts.members_out += kept_members  # type: ignore[operator]
+    counts.unkeyed += unkeyed  # type: ignore[operator]
+    tools.progress.add(rows, batch[-1].end - batch[0].start)
+    reader.release(batch[-1].end)
