@@ -14,6 +14,7 @@ import anyio
 from ._version import __version__
 from .errors import StreamfilterError, UsageError, redact_uri
 from .formats import FORMATS
+from .keys import KEY_HASHES, LIST_ENTRIES, NORMALIZATIONS
 from .ledger import Report
 from .progress import Progress
 from .spec import DEFAULT_CONCURRENCY, JobSpec, build_spec, load_config
@@ -31,7 +32,20 @@ def _add_key_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--key", metavar="COL[,COL]", help="key column(s); several are joined (default: url)")
     parser.add_argument("--key-separator", metavar="SEP", help="joins several key columns (default: tab)")
-    parser.add_argument("--normalize", choices=["none", "strip"], help="applied to row and list keys (default: none)")
+    parser.add_argument(
+        "--filter", metavar="FILE", help="a Bloom filter or fingerprint set from build-filter, instead of --blocklist"
+    )
+    parser.add_argument(
+        "--normalize", choices=list(NORMALIZATIONS), help="applied to row and list keys: none (default), strip, url"
+    )
+    parser.add_argument(
+        "--key-hash", choices=list(KEY_HASHES), help="hash applied to the normalized key before lookup (default: none)"
+    )
+    parser.add_argument(
+        "--blocklist-hash",
+        choices=list(LIST_ENTRIES),
+        help="what list entries are: raw keys (default), hex digests/hashes, or int 64-bit integers",
+    )
     parser.add_argument("--mode", choices=["deny", "allow"], help="deny drops listed keys (default), allow keeps them")
 
 
@@ -51,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--output", metavar="PREFIX", help="where filtered shards go (names mirror the inputs)")
     _add_key_flags(run)
     run.add_argument("--format", choices=list(FORMATS), help="shard format (default: by extension)")
+    run.add_argument(
+        "--accept-false-positives",
+        action="store_true",
+        default=None,
+        help="allow mode with a Bloom filter: keep its false positives (rows that should go); the report counts them",
+    )
     run.add_argument(
         "--on-unkeyed",
         choices=["fail", "keep"],

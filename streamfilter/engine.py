@@ -30,7 +30,7 @@ from .ledger import Receipt, Report, ShardReport, input_identity, receipt_uri, w
 from .pipelines import Counts, Pipeline, ShardFiles, ShardTools, pipeline_for, scanner_for
 from .plan import Shard, plan_shards, worker_share
 from .progress import Progress
-from .sets import build_key_set
+from .sets import KeySet, build_key_set, load_filter
 from .spec import JobSpec
 from .store import ObjectInfo, PartSink, Stores, scheme_of
 
@@ -238,6 +238,24 @@ def output_manifest(report: Report) -> bytes:
     return "".join(line + "\n" for line in lines).encode()
 
 
+async def membership(spec: JobSpec, stores: Stores) -> KeySet:
+    """The run's key set, checked before any shard is touched.
+
+    Allow mode keeps the rows whose key matches; a Bloom filter's false positive would
+    then keep a row that should go, so it needs the user's explicit acceptance.
+    """
+    if spec.filter is None:
+        return await build_key_set(list(spec.blocklists), spec.key, stores)
+    key_set = await load_filter(spec.filter, spec.key, stores)
+    if spec.mode == "allow" and key_set.kind == "bloom" and not spec.accept_false_positives:
+        raise UsageError(
+            f"--mode allow with the Bloom filter {redact_uri(spec.filter)} would keep about "
+            f"{key_set.false_match_rate():.2g} of the rows that should go (its false-positive rate); use an exact "
+            "list or a fingerprint set, or pass --accept-false-positives to take that risk"
+        )
+    return key_set
+
+
 async def run_job(
     spec: JobSpec, *, progress: Progress | None = None, verbose: bool = False, stop: anyio.Event | None = None
 ) -> Report:
@@ -269,7 +287,7 @@ async def run_job(
         if spec.report and not stores.for_uri(spec.report).writable:
             raise UsageError(f"--report {redact_uri(spec.report)}: cannot write there; use s3:// or a local path")
         shards = worker_share(plan.shards, spec.num_workers, spec.worker_index)
-        key_set = await build_key_set(list(spec.blocklists), spec.key, stores)
+        key_set = await membership(spec, stores)
         progress.total = len(shards)
         if spec.executor == "ray":
             from .executors.ray import run_shards_on_ray as run_shards
@@ -288,6 +306,11 @@ async def run_job(
             version=__version__,
         )
         report.interrupted = stop.is_set()
+        report.set_kind = getattr(key_set, "kind", "exact")
+        if spec.mode == "allow" and report.set_kind != "exact":
+            # Allow mode keeps what matches: a false match keeps a row that should have gone.
+            rate = key_set.false_match_rate()
+            report.false_matches_bound = rate * report.totals["rows_in"]
         if plan.output_root is not None and not spec.dry_run:
             uri = worker_report_uri(plan.output_root, spec.worker_index, spec.num_workers)
             try:

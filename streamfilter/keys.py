@@ -1,4 +1,12 @@
-"""Which value of a row is its key, and how it is normalized before lookup."""
+"""Which value of a row is its key, and how it is normalized and hashed before lookup.
+
+A key goes through three steps, the same for a shard's rows and a list's entries:
+the key columns are joined (``separator``), the text is normalized (``none``,
+``strip``, or ``url``: see :mod:`streamfilter.urls`), and the result is hashed
+(``hash``: ``none`` keeps the key itself; ``md5``/``sha1``/``sha256`` give the raw
+digest; ``xxh64``/``xxh3_64``/``mmh3_64`` give a 64-bit integer, LAION's ``hash``
+column being ``mmh3_64`` of ``url + caption`` with an empty separator).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +17,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import ShardError, UsageError
+from .hashing import DIGESTS, HASH64, digest, hash64
+from .urls import normalize_urls
 
-Normalization = Literal["none", "strip"]
-NORMALIZATIONS: tuple[str, ...] = ("none", "strip")
+Normalization = Literal["none", "strip", "url"]
+NORMALIZATIONS: tuple[str, ...] = ("none", "strip", "url")
+KEY_HASHES: tuple[str, ...] = ("none", *DIGESTS, *HASH64)
+LIST_ENTRIES: tuple[str, ...] = ("raw", "hex", "int")
 
 
 @dataclass(frozen=True)
@@ -25,12 +37,27 @@ class KeySpec:
     columns: tuple[str, ...] = ("url",)
     separator: str = "\t"
     normalize: Normalization = "none"
+    hash: str = "none"
+    #: What the list's entries are: "raw" keys (normalized and hashed like the rows), "hex" digests
+    #: (or hex 64-bit hashes), or "int" 64-bit integers (decimal, or hex with 0x).
+    entries: str = "raw"
 
     def __post_init__(self) -> None:
         if not self.columns or any(not c for c in self.columns):
             raise UsageError("--key: name at least one column, e.g. --key url or --key url,caption")
         if self.normalize not in NORMALIZATIONS:
             raise UsageError(f"--normalize {self.normalize!r}: choose one of {', '.join(NORMALIZATIONS)}")
+        if self.hash not in KEY_HASHES:
+            raise UsageError(f"--key-hash {self.hash!r}: choose one of {', '.join(KEY_HASHES)}")
+        if self.entries not in LIST_ENTRIES:
+            raise UsageError(f"--blocklist-hash {self.entries!r}: choose one of {', '.join(LIST_ENTRIES)}")
+        if self.entries == "int" and self.hash in DIGESTS:
+            raise UsageError(f"--blocklist-hash int: a {self.hash} digest is no 64-bit integer; use hex")
+
+    @property
+    def is_64bit(self) -> bool:
+        """Keys become 64-bit integers: looked up in a fingerprint set or a Bloom filter."""
+        return self.hash in HASH64
 
     def to_dict(self) -> dict:
         """Plain JSON types (columns as a list), so a spec read back from a receipt compares equal."""
@@ -54,10 +81,24 @@ def as_bytes(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     return values if pa.types.is_large_binary(values.type) else values.view(pa.large_binary())
 
 
-def normalize(values: pa.Array, how: Normalization) -> pa.Array:
+def normalize(values: pa.Array, how: str) -> pa.Array:
     if how == "strip" and pa.types.is_large_string(values.type):
         return pc.utf8_trim_whitespace(values)
+    if how == "url" and pa.types.is_large_string(values.type):
+        return normalize_urls(values)
     return values
+
+
+def hash_keys(keys: pa.Array, spec: KeySpec) -> pa.Array:
+    """The lookup value of each (normalized) key: itself, its digest, or its 64-bit hash; nulls stay null."""
+    if spec.hash == "none":
+        # A column of hex digests matched against hex entries: hex is case-insensitive.
+        return pc.utf8_lower(keys) if spec.entries == "hex" and pa.types.is_large_string(keys.type) else keys
+    if spec.hash in DIGESTS:
+        return digest(keys, spec.hash).cast(pa.large_binary())
+    hashes = hash64(keys, spec.hash)
+    mask = pc.is_null(keys).to_numpy(zero_copy_only=False) if keys.null_count else None
+    return pa.array(hashes, pa.uint64(), mask=mask)
 
 
 def require_columns(schema: pa.Schema, spec: KeySpec, source: str) -> None:
@@ -78,3 +119,8 @@ def extract_keys(table: pa.Table | pa.RecordBatch, spec: KeySpec, source: str) -
         parts = [p.cast(pa.large_string()) for p in parts]
         keys = pc.binary_join_element_wise(*parts, pa.scalar(spec.separator, pa.large_string()))
     return normalize(keys, spec.normalize)
+
+
+def key_values(table: pa.Table | pa.RecordBatch, spec: KeySpec, source: str) -> pa.Array:
+    """What each row is looked up by: its key, normalized and hashed as ``spec`` says."""
+    return hash_keys(extract_keys(table, spec, source), spec)

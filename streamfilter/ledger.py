@@ -51,6 +51,11 @@ class Report:
     version: str
     #: True when a signal stopped the run before every shard was tried.
     interrupted: bool = False
+    #: "exact" (lists compared key for key), "fingerprints" (64-bit hashes) or "bloom" (a filter file).
+    set_kind: str = "exact"
+    #: Allow mode with a hashed set: the expected number of rows kept only because their key's hash
+    #: falsely matched (filter FPR, or 64-bit collision chance, times the rows read). None otherwise.
+    false_matches_bound: float | None = None
     totals: dict = field(init=False)
 
     def __post_init__(self) -> None:

@@ -24,6 +24,10 @@ class JobSpec:
     inputs: tuple[str, ...]
     output: str | None
     blocklists: tuple[str, ...]
+    #: A membership file from ``build-filter`` (Bloom filter or fingerprint set), instead of lists.
+    filter: str | None = None
+    #: Allow mode with a Bloom filter keeps its false positives, rows that should go: only on request.
+    accept_false_positives: bool = False
     key: KeySpec = field(default_factory=KeySpec)
     mode: Mode = "deny"
     format: str = "auto"
@@ -64,8 +68,10 @@ class JobSpec:
     def __post_init__(self) -> None:
         if not self.inputs:
             raise UsageError("no input: name at least one shard, glob, brace range or @manifest")
-        if not self.blocklists:
+        if not self.blocklists and self.filter is None:
             raise UsageError("no membership list: pass --blocklist FILE (one key a line, or FILE.parquet:COLUMN)")
+        if self.blocklists and self.filter is not None:
+            raise UsageError("--blocklist and --filter: pass one of them (build-filter turns lists into a filter)")
         if self.in_place and self.output is not None:
             raise UsageError("--in-place replaces the inputs: leave out --output")
         if self.backup is not None and not self.in_place:
@@ -97,7 +103,8 @@ class JobSpec:
 
 #: Option names accepted from TOML and the API, mapped to JobSpec fields.
 OPTIONS = (
-    "inputs", "output", "blocklist", "key", "key_separator", "normalize", "mode", "format", "on_unkeyed", "sidecar",
+    "inputs", "output", "blocklist", "filter", "accept_false_positives", "key", "key_separator", "normalize",
+    "key_hash", "blocklist_hash", "mode", "format", "on_unkeyed", "sidecar",
     "report",
     "concurrency", "dry_run", "scan", "output_inside_input", "overwrite", "in_place", "backup", "grace_seconds",
     "s3_endpoint_url", "http_header", "retries", "retry_max_seconds", "num_workers", "worker_index", "executor",
@@ -135,7 +142,15 @@ def build_spec(options: dict[str, Any]) -> JobSpec:
         inputs=tuple(_as_list(opts.get("inputs"))),
         output=opts.get("output"),
         blocklists=tuple(_as_list(opts.get("blocklist"))),
-        key=KeySpec(columns, opts.get("key_separator", "\t"), opts.get("normalize", "none")),
+        filter=opts.get("filter"),
+        accept_false_positives=bool(opts.get("accept_false_positives", False)),
+        key=KeySpec(
+            columns,
+            opts.get("key_separator", "\t"),
+            opts.get("normalize", "none"),
+            opts.get("key_hash", "none"),
+            opts.get("blocklist_hash", "raw"),
+        ),
         mode=opts.get("mode", "deny"),
         format=opts.get("format", "auto"),
         on_unkeyed=opts.get("on_unkeyed", "fail"),

@@ -109,7 +109,13 @@ def test_config_with_multi_column_key_and_dry_run(tmp_path: Path, shards) -> Non
     saved = json.loads((tmp_path / "r.json").read_text())
     expected = reference_filter(table, pairs, columns=["url", "caption"], separator="|")
     assert saved["dry_run"] is True
-    assert saved["key_spec"] == {"columns": ["url", "caption"], "separator": "|", "normalize": "none"}
+    assert saved["key_spec"] == {
+        "columns": ["url", "caption"],
+        "separator": "|",
+        "normalize": "none",
+        "hash": "none",
+        "entries": "raw",
+    }
     assert saved["totals"]["rows_removed"] == 1500 - expected.num_rows == len(pairs)
     written = ["in/00000.parquet", "in/00001.parquet", "in/00002.parquet", "job.toml", "list.txt", "pairs.txt"]
     assert files_under(tmp_path) == [*written, "r.json"]

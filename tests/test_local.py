@@ -402,7 +402,13 @@ def test_api_returns_report_fields(tmp_path: Path) -> None:
     assert shard.status == "done" and shard.error is None
     assert shard.rows_removed == 10
     assert shard.seconds >= 0
-    assert report.key_spec == {"columns": ["url"], "separator": "\t", "normalize": "none"}
+    assert report.key_spec == {
+        "columns": ["url"],
+        "separator": "\t",
+        "normalize": "none",
+        "hash": "none",
+        "entries": "raw",
+    }
     assert report.set_size == 10
     assert report.set_digest.startswith("sha256:") and len(report.set_digest) == len("sha256:") + 64
     assert report.totals == {

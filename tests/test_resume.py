@@ -75,7 +75,13 @@ def test_receipts_record_each_committed_shard(tmp_path: Path, shard_set) -> None
         assert (receipt["rows_in"], receipt["rows_out"]) == (table.num_rows, expected.num_rows)
         assert receipt["rows_removed"] == table.num_rows - expected.num_rows
         assert receipt["set_digest"] == report.set_digest and receipt["mode"] == "deny"
-        assert receipt["key_spec"] == {"columns": ["url"], "separator": "\t", "normalize": "none"}
+        assert receipt["key_spec"] == {
+            "columns": ["url"],
+            "separator": "\t",
+            "normalize": "none",
+            "hash": "none",
+            "entries": "raw",
+        }
         assert receipt["version"] == streamfilter.__version__
         # Receipts carry counts, never keys.
         assert not any(url in json.dumps(receipt) for url in listed)

@@ -268,7 +268,13 @@ def test_report_on_s3_has_documented_fields(s3_endpoint, s3_client, bucket, tmp_
         assert totals[name] == sum(s[name] for s in report["shards"])
     assert (totals["shards"], totals["done"], totals["failed"]) == (3, 3, 0)
     assert totals["rows_removed"] == 75
-    assert report["key_spec"] == {"columns": ["url"], "separator": "\t", "normalize": "none"}
+    assert report["key_spec"] == {
+        "columns": ["url"],
+        "separator": "\t",
+        "normalize": "none",
+        "hash": "none",
+        "entries": "raw",
+    }
     assert report["set_digest"].startswith("sha256:")
     # Blocklist keys never appear in the report.
     text = s3_get(s3_client, bucket, "reports/run.json").decode()

@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import ShardError
-from ..keys import KeySpec, extract_keys
+from ..keys import KeySpec, key_values
 from ..progress import Progress
-from ..sets import ExactKeySet
+from ..sets import KeySet
 
 
 @dataclass(frozen=True)
@@ -28,12 +28,12 @@ class Filter:
     """What decides, per row, whether it stays."""
 
     key: KeySpec
-    key_set: ExactKeySet
+    key_set: KeySet
     mode: str
 
     def keep_mask(self, table: pa.Table, source: str) -> pa.Array:
         """True for rows that stay; ``table`` holds (at least) the key columns by name."""
-        hit = self.key_set.contains(extract_keys(table, self.key, source))
+        hit = self.key_set.contains(key_values(table, self.key, source))
         return hit if self.mode == "allow" else pc.invert(hit)
 
 

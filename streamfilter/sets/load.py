@@ -9,7 +9,7 @@ from __future__ import annotations
 import gzip
 import io
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
 import pyarrow as pa
@@ -19,9 +19,12 @@ import pyarrow.parquet as pq
 import zstandard
 
 from ..errors import StreamfilterError, UsageError, redact_uri
-from ..keys import KeySpec, as_bytes, as_text, normalize
+from ..keys import KeySpec, as_bytes, as_text
 from ..store import Stores
+from .entries import entry_values
 from .exact import ExactKeySet
+from .filterfile import load_set
+from .hashed import HashedKeySet
 
 TABLE_SUFFIXES = (".parquet", ".csv", ".csv.gz", ".csv.zst")
 
@@ -104,13 +107,16 @@ def decompress(uri: str, data: bytes) -> bytes:
     return b"".join(chunks)
 
 
-def text_keys(data: bytes) -> pa.Array:
-    """One key a line; blank lines and lines starting with ``#`` are skipped, ends trimmed."""
+def text_keys(data: bytes) -> tuple[pa.Array, pa.Array]:
+    """One key a line; blank lines and lines starting with ``#`` are skipped, ends trimmed.
+
+    Returns the keys and, for messages, the 0-based line index of each.
+    """
     lines = data.decode("utf-8").splitlines()
     keys = pa.array(lines, pa.large_string())
     keys = pc.utf8_trim_whitespace(keys)
     keep = pc.and_(pc.not_equal(keys, ""), pc.invert(pc.starts_with(keys, "#")))
-    return keys.filter(keep)
+    return keys.filter(keep), pc.indices_nonzero(keep)
 
 
 #: Column names shown in messages; a list without a header row would otherwise show its first key as a name.
@@ -181,14 +187,29 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}"
 
 
-async def load_keys(sources: list[str], stores: Stores) -> list[pa.Array]:
-    """The keys of every source, one array per source (duplicates are removed by the set)."""
+def _where(uri: str, lines: pa.Array | None) -> Callable[[int], str]:
+    """Names entry ``i`` of a list for a message: its line in a text list, its row in a table."""
+
+    def where(i: int) -> str:
+        if lines is None:
+            return f"blocklist {redact_uri(uri)}, row {i + 1:,}"
+        return f"blocklist {redact_uri(uri)}, line {lines[i].as_py() + 1:,}"
+
+    return where
+
+
+async def load_keys(sources: list[str], stores: Stores, spec: KeySpec | None = None) -> list[pa.Array]:
+    """The lookup values of every source, one array per source (duplicates are removed by the set).
+
+    Entries are converted as ``spec.entries`` says (raw keys normalized and hashed like the rows);
+    without a spec the raw text keys are returned.
+    """
     arrays = []
     for source in sources:
         uri, column = parse_source(source)
         try:
             data = decompress(uri, await stores.for_uri(uri).read_all(uri))
-            keys = text_keys(data) if column is None else table_keys(uri, data, column)
+            keys, lines = text_keys(data) if column is None else (table_keys(uri, data, column), None)
         except UsageError:
             raise
         except StreamfilterError as exc:
@@ -198,12 +219,40 @@ async def load_keys(sources: list[str], stores: Stores) -> list[pa.Array]:
         if keys.null_count == len(keys):
             # An empty list is nearly always the wrong file; in allow mode it would empty every shard.
             raise UsageError(f"blocklist {redact_uri(uri)} holds no keys; check the file (and the column)")
+        if spec is not None:
+            keys = entry_values(keys, spec, _where(uri, lines))
         arrays.append(keys)
     if not arrays:
         raise UsageError("no membership list: pass --blocklist FILE")
     return arrays
 
 
-async def build_key_set(sources: list[str], spec: KeySpec, stores: Stores) -> ExactKeySet:
-    arrays = [normalize(keys, spec.normalize) for keys in await load_keys(sources, stores)]
+KeySet = ExactKeySet | HashedKeySet
+
+
+async def build_key_set(sources: list[str], spec: KeySpec, stores: Stores) -> KeySet:
+    """The run's membership set from its lists: 64-bit values in a fingerprint set, others exact."""
+    arrays = await load_keys(sources, stores, spec)
+    if spec.is_64bit or (arrays and pa.types.is_uint64(arrays[0].type)):
+        return HashedKeySet.from_values(pa.concat_arrays(arrays))
     return ExactKeySet(pa.concat_arrays([as_bytes(keys) for keys in arrays]))
+
+
+async def load_filter(uri: str, spec: KeySpec, stores: Stores) -> HashedKeySet:
+    """A membership file built by ``build-filter``, checked against the run's key spec before any shard."""
+    try:
+        data = await stores.for_uri(uri).read_all(uri) if "://" in uri else uri
+    except StreamfilterError as exc:
+        raise UsageError(f"cannot read --filter: {exc}") from None
+    header, structure = load_set(data, source=redact_uri(uri))
+    built = header["key_spec"]
+    mine = spec.to_dict()
+    differs = [k for k in ("normalize", "hash", "separator") if built.get(k) != mine.get(k)]
+    if len(built.get("columns", [])) != len(spec.columns):
+        differs.append("number of key columns")
+    if differs:
+        raise UsageError(
+            f"--filter {redact_uri(uri)} was built with a different key ({', '.join(differs)}: "
+            f"{ {k: built.get(k) for k in differs if k in built} }); pass the same --key, --normalize and --key-hash"
+        )
+    return HashedKeySet(structure, "sha256:" + header["body_sha256"], int(header["key_count"]))

@@ -1,0 +1,158 @@
+"""URL normalization for keys (``--normalize url``), vectorized with pyarrow.compute.
+
+Two spellings of one URL should give one key, so a list built from one crawl matches
+rows written by another. The rules are deliberately few and exactly these (RFC 3986
+§6.2.2 syntax-based normalization plus §6.2.3 scheme-based port and path rules):
+
+1. Only strings of the form ``scheme://authority[path][?query][#fragment]`` are
+   touched: ``scheme`` is a letter followed by letters, digits, ``+``, ``-`` or ``.``;
+   the authority runs to the first ``/``, ``?`` or ``#``; the path and query, if any,
+   start with ``/`` or ``?``. Anything else (no ``scheme://``, ``mailto:x``,
+   ``//host/x``, a ``]`` left open in an IPv6 host followed by junk, ...) is returned
+   unchanged. Nulls stay null. Whitespace is not stripped here (``--normalize strip``
+   does that; the caller chains them).
+2. The scheme is lowercased (ASCII).
+3. The authority is ``[userinfo@]host[:port]``; userinfo ends at the authority's last
+   ``@`` and is kept byte for byte. The host (a name, an IPv4 address or a bracketed
+   IPv6 literal such as ``[::1]``) is lowercased with Unicode rules (``utf8_lower``).
+   The authority is not percent-decoded: a percent-encoding in a host is rare (IPv6
+   zone ids) and is lowercased with the rest of the host.
+4. The port is dropped when it is empty (``http://a.com:/``) or exactly the scheme's
+   default: ``http`` 80, ``https`` 443, ``ws`` 80, ``wss`` 443, ``ftp`` 21. Any other
+   port is kept as written (``:080`` and ``:8080`` stay).
+5. The fragment (``#`` and everything after it) is dropped.
+6. An empty path becomes ``/``: ``http://A.com`` -> ``http://a.com/`` and
+   ``http://a.com?q`` -> ``http://a.com/?q`` (§6.2.3, applied to every scheme).
+7. In the path and query (everything after the authority), a percent-encoding of an
+   unreserved character (``A-Z a-z 0-9 - . _ ~``, §2.3) is decoded (``%7e`` -> ``~``,
+   ``%41`` -> ``A``) and every other percent-encoding gets uppercase hex digits
+   (``%2f`` -> ``%2F``, ``%c3%a9`` -> ``%C3%A9``; §6.2.2.1). A ``%`` that is not
+   followed by two hex digits becomes ``%25`` (as ``requests.utils.requote_uri``
+   does): without that rule ``%%341`` would normalize to ``%41`` and then to ``A``,
+   and normalization must be idempotent.
+8. Everything else is kept as is: the case of the path and query, non-ASCII
+   characters (not percent-encoded), dot segments (``/a/../b`` stays), ``+``, empty
+   queries (``http://a.com/?``) and reserved characters.
+
+How: one RE2 match (a DFA, about 6 M rows/s) first picks the rows that are already
+in canonical form - lowercase scheme and host, no port, a path, no fragment, no
+percent-encoding to change - which is nearly every LAION URL; those are returned as
+they are. The other rows are split into scheme, userinfo, host, port and path+query
+by ``extract_regex`` (submatch extraction is slow in RE2, ~0.5 M rows/s, hence the
+pre-filter) and rebuilt with Arrow kernels. Rule 7 needs a computed replacement,
+which RE2 cannot express, so it runs in Python, but only on those rows whose path or
+query contains ``%``.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+DEFAULT_PORTS: dict[str, str] = {"http": "80", "https": "443", "ws": "80", "wss": "443", "ftp": "21"}
+
+# Non-matching rows (null result) are returned unchanged. (?s): a newline is just a byte.
+_URL_PATTERN = (
+    r"(?s)^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*)://"
+    r"(?P<userinfo>(?:[^/?#]*@)?)"  # greedy: userinfo ends at the last @ of the authority
+    r"(?P<host>\[[^/?#\]]*\]|[^/?#:]*)"
+    r"(?::(?P<port>[^/?#]*))?"
+    r"(?P<rest>(?:[/?][^#]*)?)"
+    r"(?:#.*)?$"
+)
+# A percent-encoding rule 7 leaves alone: uppercase hex, not an unreserved character
+# (unreserved: 2D 2E 30-39 41-5A 5F 61-7A 7E).
+_KEPT_PERCENT = r"%(?:[0189A-F][0-9A-F]|2[0-9A-CF]|3[A-F]|40|5[B-E]|60|7[B-DF])"
+# Rows every rule leaves unchanged: lowercase scheme, at most one @, a lowercase
+# reg-name host without port (no IPv6, no non-ASCII), a path, no fragment, and only
+# kept percent-encodings. A strict subset of fixed points: anything else takes the
+# full path, which returns it unchanged if it needs nothing.
+_CANONICAL_PATTERN = (
+    r"(?s)^[a-z][a-z0-9+.\-]*://(?:[^/?#@]*@)?[a-z0-9\-._~!$&'()*+,;=]*/(?:[^#%]|" + _KEPT_PERCENT + r")*$"
+)
+_DEFAULT_SCHEME_PORTS = pa.array([f"{s}:{p}" for s, p in DEFAULT_PORTS.items()], pa.large_string())
+# Scalars typed large_string: a bare Python "" would be a string scalar and match no kernel.
+_EMPTY, _COLON, _SLASH, _SCHEME_SEP = (pa.scalar(s, pa.large_string()) for s in ("", ":", "/", "://"))
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def _percent_table() -> dict[str, str]:
+    """Every two-hex-digit spelling (any case) -> its decoded unreserved character or ``%XX`` uppercase."""
+    table = {}
+    for code in range(256):
+        upper = f"{code:02X}"
+        replacement = chr(code) if chr(code) in _UNRESERVED else "%" + upper
+        for spelling in itertools.product(*({c, c.lower()} for c in upper)):
+            table["".join(spelling)] = replacement
+    return table
+
+
+_PERCENT = _percent_table()
+
+
+def normalize_percent(text: str) -> str:
+    """Rule 7 on one path+query string: decode unreserved, uppercase the rest, ``%`` alone -> ``%25``."""
+    head, *pieces = text.split("%")
+    out = [head]
+    table = _PERCENT
+    for piece in pieces:
+        replacement = table.get(piece[:2])
+        out.append(replacement + piece[2:] if replacement is not None else "%25" + piece)
+    return "".join(out)
+
+
+def _normalize_percent_rows(rest: pa.Array) -> pa.Array:
+    """``rest`` with rule 7 applied to the rows that contain ``%``; the others are left alone."""
+    mask = pc.fill_null(pc.match_substring(rest, "%"), False)
+    if not pc.any(mask).as_py():
+        return rest
+    fixed = [normalize_percent(s) for s in rest.filter(mask).to_pylist()]
+    return pc.replace_with_mask(rest, mask, pa.array(fixed, pa.large_string()))
+
+
+def _normalize_chunk(values: pa.Array) -> pa.Array:
+    if not pa.types.is_large_string(values.type):
+        values = values.cast(pa.large_string())
+    todo = pc.invert(pc.fill_null(pc.match_substring_regex(values, _CANONICAL_PATTERN), True))
+    count = pc.sum(todo).as_py() or 0
+    if count == 0:
+        return values
+    if count == len(values):
+        return _rebuild(values)
+    return pc.replace_with_mask(values, todo, _rebuild(values.filter(todo)))
+
+
+def _rebuild(values: pa.Array) -> pa.Array:
+    """Rules 1-7 on every row: parse, normalize each part, join (large_string in and out)."""
+    parts = pc.extract_regex(values, _URL_PATTERN)
+    if parts.null_count == len(parts):
+        return values
+    scheme = pc.ascii_lower(parts.field("scheme"))
+    port = parts.field("port")
+    default_port = pc.is_in(pc.binary_join_element_wise(scheme, port, _COLON), value_set=_DEFAULT_SCHEME_PORTS)
+    keep_port = pc.and_(pc.not_equal(port, _EMPTY), pc.invert(default_port))
+    rest = _normalize_percent_rows(parts.field("rest"))
+    joined = pc.binary_join_element_wise(
+        scheme,
+        _SCHEME_SEP,
+        parts.field("userinfo"),
+        pc.utf8_lower(parts.field("host")),
+        pc.if_else(keep_port, pc.binary_join_element_wise(_COLON, port, _EMPTY), _EMPTY),
+        pc.if_else(pc.starts_with(rest, "/"), _EMPTY, _SLASH),  # rule 6: "" and "?q" get a path of "/"
+        rest,
+        _EMPTY,
+    )
+    return pc.if_else(pc.is_valid(parts), joined, values)
+
+
+def normalize_urls(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Each URL in the canonical form of the module docstring; large_string out, nulls preserved.
+
+    Accepts any string type (string, large_string, string_view); a ChunkedArray is
+    normalized chunk by chunk and returned as a ChunkedArray.
+    """
+    if isinstance(values, pa.ChunkedArray):
+        return pa.chunked_array([_normalize_chunk(c) for c in values.chunks], type=pa.large_string())
+    return _normalize_chunk(values)
