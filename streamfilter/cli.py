@@ -123,6 +123,22 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--report", metavar="FILE", help="also write the merged report as JSON here")
     _add_store_flags(status)
 
+    build = sub.add_parser("build-filter", help="turn key lists into a Bloom filter or fingerprint-set file")
+    build.add_argument("sources", nargs="+", metavar="LIST", help="key lists: text (.gz/.zst), FILE.parquet:COL, …")
+    build.add_argument("--out", required=True, metavar="FILE", help="where to write the filter (local path or s3://)")
+    build.add_argument("--kind", choices=["bloom", "fingerprints"], default="bloom", help="default: bloom")
+    build.add_argument("--fpr", type=float, default=1e-4, help="target false-positive rate of a Bloom filter")
+    build.add_argument("--key", metavar="COL[,COL]", help="the key columns of the shards the filter is for")
+    build.add_argument("--key-separator", metavar="SEP", help="joins several key columns (default: tab)")
+    build.add_argument("--normalize", choices=list(NORMALIZATIONS), help="none (default), strip, url")
+    build.add_argument("--key-hash", choices=["xxh3_64", "xxh64", "mmh3_64"], default="xxh3_64")
+    build.add_argument("--blocklist-hash", choices=list(LIST_ENTRIES), help="what the entries are (default: raw)")
+    _add_store_flags(build)
+
+    inspect = sub.add_parser("inspect", help="print what a filter or fingerprint-set file holds")
+    inspect.add_argument("file", metavar="FILE", help="local path, s3:// or http(s)://")
+    _add_store_flags(inspect)
+
     demo = sub.add_parser("demo", help="generate a small shard set locally and filter it")
     demo.add_argument(
         "dir", nargs="?", default="streamfilter-demo", help="where to write (default: ./streamfilter-demo)"
@@ -153,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.command == "verify":
             return _verify(args)
+        if args.command in ("build-filter", "inspect"):
+            return _filter_command(args)
         if args.command == "report":
             return _report(args)
         spec = build_spec(_options(args))
@@ -173,6 +191,32 @@ def main(argv: list[str] | None = None) -> int:
         print("streamfilter: stopped by a signal; shards not done are in the report, rerun to finish", file=sys.stderr)
         return 128 + signal.SIGTERM
     return 0 if report.ok else 1
+
+
+def _filter_command(args: argparse.Namespace) -> int:
+    from .keys import KeySpec
+    from .sets.build import build_filter, inspect_file
+    from .store import StoreOptions, Stores, expand_header
+
+    options = StoreOptions(args.s3_endpoint_url, dict(expand_header(h) for h in args.http_header or []))
+
+    async def go() -> str:
+        stores = Stores(options)
+        try:
+            if args.command == "inspect":
+                return await inspect_file(args.file, stores)
+            columns = tuple(c.strip() for c in (args.key or "url").split(","))
+            spec = KeySpec(columns, args.key_separator or "\t", args.normalize or "none", args.key_hash,
+                           args.blocklist_hash or "raw")  # fmt: skip
+            header = await build_filter(args.sources, spec, stores, out=args.out, kind=args.kind, fpr=args.fpr)
+            from .sets.filterfile import describe
+
+            return f"wrote {redact_uri(args.out)}\n{describe(header)}"
+        finally:
+            await stores.aclose()
+
+    print(anyio.run(go))
+    return 0
 
 
 def _verify(args: argparse.Namespace) -> int:

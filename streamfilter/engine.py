@@ -250,7 +250,7 @@ async def membership(spec: JobSpec, stores: Stores) -> KeySet:
     if spec.mode == "allow" and key_set.kind == "bloom" and not spec.accept_false_positives:
         raise UsageError(
             f"--mode allow with the Bloom filter {redact_uri(spec.filter)} would keep about "
-            f"{key_set.false_match_rate():.2g} of the rows that should go (its false-positive rate); use an exact "
+            f"{key_set.false_match_rate():.2%} of the rows that should go (its false-positive rate); use an exact "
             "list or a fingerprint set, or pass --accept-false-positives to take that risk"
         )
     return key_set

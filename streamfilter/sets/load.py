@@ -247,12 +247,16 @@ async def load_filter(uri: str, spec: KeySpec, stores: Stores) -> HashedKeySet:
     header, structure = load_set(data, source=redact_uri(uri))
     built = header["key_spec"]
     mine = spec.to_dict()
-    differs = [k for k in ("normalize", "hash", "separator") if built.get(k) != mine.get(k)]
+    differs = [
+        f"{name} {built.get(name)!r} (this run: {mine[name]!r})"
+        for name in ("normalize", "hash", "separator", "entries")
+        if built.get(name) != mine[name]
+    ]
     if len(built.get("columns", [])) != len(spec.columns):
-        differs.append("number of key columns")
+        differs.append(f"{len(built.get('columns', []))} key columns (this run: {len(spec.columns)})")
     if differs:
         raise UsageError(
-            f"--filter {redact_uri(uri)} was built with a different key ({', '.join(differs)}: "
-            f"{ {k: built.get(k) for k in differs if k in built} }); pass the same --key, --normalize and --key-hash"
+            f"--filter {redact_uri(uri)} was built with {'; '.join(differs)}; pass the same --key, --normalize, "
+            "--key-hash and --blocklist-hash as build-filter had, or build the filter again"
         )
     return HashedKeySet(structure, "sha256:" + header["body_sha256"], int(header["key_count"]))
