@@ -29,7 +29,8 @@ def _first_bad(ok: pa.Array) -> int | None:
 
 def _hex_bytes(keys: pa.Array, width: int) -> np.ndarray:
     """Fixed-width lower-case hex strings (already checked) as an (n, width // 2) uint8 matrix, vectorized."""
-    data = np.frombuffer(keys.buffers()[2], np.uint8)[keys.offsets[0].as_py() : keys.offsets[-1].as_py()]
+    offsets = np.frombuffer(keys.buffers()[1], np.int64)[keys.offset : keys.offset + len(keys) + 1]
+    data = np.frombuffer(keys.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]
     nibbles = _NIBBLES[data].reshape(len(keys), width)
     return (nibbles[:, 0::2] << 4) | nibbles[:, 1::2]
 
