@@ -8,20 +8,25 @@ packages ``xxhash`` and ``mmh3`` and against literal known vectors.
 
 The kernels are numba functions (``nogil=True``, so callers may run them on threads)
 that walk the Arrow offsets and data buffers directly: no Python object per row.
-Every multi-byte read is assembled little-endian from single bytes, so the result
-does not depend on the host's byte order; LLVM turns the pattern into one load.
+Words are read as unaligned little-endian loads (byte-swapped on a big-endian host),
+so a hash does not depend on the machine that computed it.
 
-Compilation: numba compiles a kernel the first time it sees an argument type (int32
-or int64 offsets), about a second or two each. ``cache=True`` stores the machine code
-in ``__pycache__`` next to this file (or under ``NUMBA_CACHE_DIR``); when that
-directory is not writable numba warns (``NumbaWarning: Cannot cache ...``) and simply
-compiles in memory every time the process starts, nothing fails. ``warm_up()`` compiles
-every kernel on tiny inputs, so a worker pays that cost before its first batch.
+Compilation: numba compiles each kernel on its first call, about 4 CPU-seconds for
+the three (measured on this project's 2-core VM). ``cache=True`` stores the machine
+code under ``NUMBA_CACHE_DIR`` when set, else in ``__pycache__`` next to this file,
+else in the user cache (``~/.cache/numba``); a later process loads it in about 0.5 s.
+The cache is keyed on this file's modification time and the CPU, so editing the
+file or moving to another CPU model recompiles. When no cache directory is writable
+(read-only image, read-only HOME) numba would raise at import; ``_kernel`` then
+warns once and the kernels are compiled in memory in every process. ``warm_up()``
+compiles (or loads) every kernel on tiny inputs, so a worker pays that
+cost before its first batch rather than inside it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import sys
 import warnings
 from collections.abc import Callable
@@ -113,7 +118,7 @@ def _load_le(bits: int):
                 value = builder.bswap(value)
             return builder.zext(value, ir.IntType(64)) if bits < 64 else value
 
-        if isinstance(where, types.Array) or isinstance(where, types.Integer):
+        if isinstance(where, (types.Array, types.Integer)):
             return types.uint64(where, idx), codegen
         return None
 
@@ -308,7 +313,16 @@ def _xxh3_stripe(acc, d, p, s):
     v6, m6 = _xxh3_lane(d, p + 48, s + 48)
     v7, m7 = _xxh3_lane(d, p + 56, s + 56)
     a0, a1, a2, a3, a4, a5, a6, a7 = acc
-    return (a0 + m0 + v1, a1 + m1 + v0, a2 + m2 + v3, a3 + m3 + v2, a4 + m4 + v5, a5 + m5 + v4, a6 + m6 + v7, a7 + m7 + v6)
+    return (
+        a0 + m0 + v1,
+        a1 + m1 + v0,
+        a2 + m2 + v3,
+        a3 + m3 + v2,
+        a4 + m4 + v5,
+        a5 + m5 + v4,
+        a6 + m6 + v7,
+        a7 + m7 + v6,
+    )
 
 
 @numba.njit
@@ -484,13 +498,20 @@ def _flat(values: pa.Array) -> pa.Array:
 
 
 def _buffers(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """Zero-copy numpy views of the offsets (this slice's ``len + 1`` entries) and the data buffer."""
+    """Numpy views of the offsets (this slice's ``len + 1`` entries, as int64) and of the data buffer.
+
+    32-bit offsets are widened (a copy of 4 bytes a row, a few percent of hashing them):
+    one offset type means one compiled signature per kernel, which halves the compile
+    time of a process without a numba cache. Keys usually arrive as large types anyway.
+    """
     large = pa.types.is_large_string(values.type) or pa.types.is_large_binary(values.type)
     dtype = np.dtype(np.int64 if large else np.int32)
     _, offsets_buf, data_buf = values.buffers()
     offsets = np.frombuffer(offsets_buf, dtype=dtype, count=len(values) + 1, offset=values.offset * dtype.itemsize)
     data = _EMPTY if data_buf is None or data_buf.size == 0 else np.frombuffer(data_buf, dtype=np.uint8)
-    return offsets, data
+    if offsets[0] < 0 or offsets[-1] > data.size:  # the kernels do not bounds-check; O(1) guard against a bad array
+        raise ValueError(f"offsets {offsets[0]}..{offsets[-1]} outside a data buffer of {data.size} bytes")
+    return offsets.astype(np.int64, copy=False), data
 
 
 def _chunks(values: pa.Array | pa.ChunkedArray) -> list[pa.Array]:
@@ -545,10 +566,11 @@ def _digest_chunk(chunk: pa.Array, algorithm: str) -> pa.Array:
     # Slicing one bytes object beats memoryview slices and to_pylist/to_numpy (measured):
     # the per-element cost is dominated by creating the hash object anyway. No threads:
     # hashlib keeps the GIL for inputs shorter than 2048 bytes, i.e. for every URL.
-    buf = data.tobytes()
-    bounds = offsets.tolist()
+    first, last = int(offsets[0]), int(offsets[-1])
+    buf = data[first:last].tobytes()  # only this slice's bytes
+    bounds = (offsets - first).tolist()
     new = getattr(hashlib, algorithm)
-    digests = b"".join([new(buf[s:e]).digest() for s, e in zip(bounds, bounds[1:])])
+    digests = b"".join([new(buf[s:e]).digest() for s, e in itertools.pairwise(bounds)])
     validity = pc.is_valid(chunk).buffers()[1] if chunk.null_count else None
     return pa.Array.from_buffers(typ, n, [validity, pa.py_buffer(digests)], null_count=chunk.null_count)
 
@@ -570,9 +592,7 @@ def digest(values: pa.Array | pa.ChunkedArray, algorithm: str) -> pa.Array:
 
 
 def warm_up() -> None:
-    """Compile (or load from the cache) every kernel for both offset widths, on tiny inputs."""
-    samples = [b"", b"abc", b"abcdefgh", b"x" * 16, b"y" * 100, b"z" * 200, b"w" * 1500]
-    for typ in (pa.binary(), pa.large_binary()):
-        arr = pa.array(samples, type=typ)
-        for algorithm in HASH64:
-            hash64(arr, algorithm)
+    """Compile (or load from the cache) every kernel, on tiny inputs of every length class."""
+    arr = pa.array([b"", b"abc", b"abcdefgh", b"x" * 16, b"y" * 100, b"z" * 200, b"w" * 1500], pa.large_binary())
+    for algorithm in HASH64:
+        hash64(arr, algorithm)

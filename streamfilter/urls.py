@@ -8,9 +8,9 @@ rows written by another. The rules are deliberately few and exactly these (RFC 3
    touched: ``scheme`` is a letter followed by letters, digits, ``+``, ``-`` or ``.``;
    the authority runs to the first ``/``, ``?`` or ``#``; the path and query, if any,
    start with ``/`` or ``?``. Anything else (no ``scheme://``, ``mailto:x``,
-   ``//host/x``, a ``]`` left open in an IPv6 host followed by junk, ...) is returned
-   unchanged. Nulls stay null. Whitespace is not stripped here (``--normalize strip``
-   does that; the caller chains them).
+   ``//host/x``, ``HTTP:/x``, ``1http://x``, ...) is returned unchanged. Nulls stay
+   null. Whitespace is not stripped here (``--normalize strip`` does that; a caller
+   wanting both chains them).
 2. The scheme is lowercased (ASCII).
 3. The authority is ``[userinfo@]host[:port]``; userinfo ends at the authority's last
    ``@`` and is kept byte for byte. The host (a name, an IPv4 address or a bracketed
@@ -34,19 +34,21 @@ rows written by another. The rules are deliberately few and exactly these (RFC 3
    characters (not percent-encoded), dot segments (``/a/../b`` stays), ``+``, empty
    queries (``http://a.com/?``) and reserved characters.
 
-How: one RE2 match (a DFA, about 6 M rows/s) first picks the rows that are already
+How: one RE2 match (a DFA, about 5 M rows/s) first picks the rows that are already
 in canonical form - lowercase scheme and host, no port, a path, no fragment, no
 percent-encoding to change - which is nearly every LAION URL; those are returned as
-they are. The other rows are split into scheme, userinfo, host, port and path+query
-by ``extract_regex`` (submatch extraction is slow in RE2, ~0.5 M rows/s, hence the
-pre-filter) and rebuilt with Arrow kernels. Rule 7 needs a computed replacement,
-which RE2 cannot express, so it runs in Python, but only on those rows whose path or
-query contains ``%``.
+they are. Rule 7 needs a computed replacement, which RE2 cannot express, so it runs
+in Python, but only on rows that contain a ``%`` to change. Of the other rows, those
+that only need rule 7 (canonical apart from percent-encodings after the authority)
+get it on the whole string; the rest are split into scheme, userinfo, host, port and
+path+query by ``extract_regex`` (submatch extraction is slow in RE2, ~0.5 M rows/s,
+hence the pre-filters) and rebuilt with Arrow kernels.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -72,6 +74,9 @@ _KEPT_PERCENT = r"%(?:[0189A-F][0-9A-F]|2[0-9A-CF]|3[A-F]|40|5[B-E]|60|7[B-DF])"
 _CANONICAL_PATTERN = (
     r"(?s)^[a-z][a-z0-9+.\-]*://(?:[^/?#@]*@)?[a-z0-9\-._~!$&'()*+,;=]*/(?:[^#%]|" + _KEPT_PERCENT + r")*$"
 )
+# Rows only rule 7 changes: as canonical, but any percent-encodings after the
+# authority, and no % in the authority, so rule 7 can run on the whole string.
+_PERCENT_ONLY_PATTERN = r"(?s)^[a-z][a-z0-9+.\-]*://(?:[^/?#@%]*@)?[a-z0-9\-._~!$&'()*+,;=]*/[^#]*$"
 _DEFAULT_SCHEME_PORTS = pa.array([f"{s}:{p}" for s, p in DEFAULT_PORTS.items()], pa.large_string())
 # Scalars typed large_string: a bare Python "" would be a string scalar and match no kernel.
 _EMPTY, _COLON, _SLASH, _SCHEME_SEP = (pa.scalar(s, pa.large_string()) for s in ("", ":", "/", "://"))
@@ -93,7 +98,10 @@ _PERCENT = _percent_table()
 
 
 def normalize_percent(text: str) -> str:
-    """Rule 7 on one path+query string: decode unreserved, uppercase the rest, ``%`` alone -> ``%25``."""
+    """Rule 7 on one string: decode unreserved, uppercase the other hex, ``%`` alone -> ``%25``.
+
+    The string is a path+query, or a whole URL whose authority has no ``%``.
+    """
     head, *pieces = text.split("%")
     out = [head]
     table = _PERCENT
@@ -115,13 +123,37 @@ def _normalize_percent_rows(rest: pa.Array) -> pa.Array:
 def _normalize_chunk(values: pa.Array) -> pa.Array:
     if not pa.types.is_large_string(values.type):
         values = values.cast(pa.large_string())
-    todo = pc.invert(pc.fill_null(pc.match_substring_regex(values, _CANONICAL_PATTERN), True))
-    count = pc.sum(todo).as_py() or 0
-    if count == 0:
-        return values
-    if count == len(values):
-        return _rebuild(values)
-    return pc.replace_with_mask(values, todo, _rebuild(values.filter(todo)))
+    return _where(values, pc.match_substring_regex(values, _CANONICAL_PATTERN), None, _rewrite)
+
+
+def _where(
+    values: pa.Array,
+    mask: pa.Array,
+    if_true: Callable[[pa.Array], pa.Array] | None,
+    if_false: Callable[[pa.Array], pa.Array],
+) -> pa.Array:
+    """``values`` with ``if_true`` applied to the rows where ``mask`` holds, ``if_false`` to the others.
+
+    Each function sees only its own rows (filtered), so rare rows cost nothing to the
+    rest; ``None`` leaves rows as they are. Null mask entries count as false.
+    """
+    mask = pc.fill_null(mask, False)
+    count = pc.sum(mask).as_py() or 0
+    out = values
+    for fn, rows, n in ((if_true, mask, count), (if_false, pc.invert(mask), len(values) - count)):
+        if fn is None or n == 0:
+            continue
+        out = fn(values) if n == len(values) else pc.replace_with_mask(out, rows, fn(values.filter(rows)))
+    return out
+
+
+def _rewrite(values: pa.Array) -> pa.Array:
+    """The rows the canonical pattern rejected: rule 7 alone where that suffices, else the full rebuild."""
+    return _where(values, pc.match_substring_regex(values, _PERCENT_ONLY_PATTERN), _percent_whole, _rebuild)
+
+
+def _percent_whole(values: pa.Array) -> pa.Array:
+    return pa.array([normalize_percent(s) for s in values.to_pylist()], pa.large_string())
 
 
 def _rebuild(values: pa.Array) -> pa.Array:
