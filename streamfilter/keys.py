@@ -17,11 +17,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import ShardError, UsageError
-from .hashing import DIGESTS, HASH64, digest, hash64
 from .urls import normalize_urls
 
 Normalization = Literal["none", "strip", "url"]
 NORMALIZATIONS: tuple[str, ...] = ("none", "strip", "url")
+#: The same names as :mod:`.hashing`'s (a test checks); written here so that importing this module
+#: does not import numba (half a second of every start-up) unless a run hashes its keys.
+DIGESTS: tuple[str, ...] = ("md5", "sha1", "sha256")
+HASH64: tuple[str, ...] = ("xxh64", "xxh3_64", "mmh3_64")
 KEY_HASHES: tuple[str, ...] = ("none", *DIGESTS, *HASH64)
 LIST_ENTRIES: tuple[str, ...] = ("raw", "hex", "int")
 
@@ -94,6 +97,8 @@ def hash_keys(keys: pa.Array, spec: KeySpec) -> pa.Array:
     if spec.hash == "none":
         # A column of hex digests matched against hex entries: hex is case-insensitive.
         return pc.utf8_lower(keys) if spec.entries == "hex" and pa.types.is_large_string(keys.type) else keys
+    from .hashing import digest, hash64
+
     if spec.hash in DIGESTS:
         return digest(keys, spec.hash).cast(pa.large_binary())
     hashes = hash64(keys, spec.hash)

@@ -229,3 +229,9 @@ def test_xxh3_of_the_key_is_what_the_filter_holds(tmp_path: Path) -> None:
 
     assert report.ok
     assert_same_table(read_parquet(tmp_path / "out" / "a.parquet"), _keep(table, "url", set(chosen)))
+
+
+def test_key_spec_names_the_hashes_the_hashing_module_has() -> None:
+    from streamfilter import hashing, keys
+
+    assert (keys.DIGESTS, keys.HASH64) == (hashing.DIGESTS, hashing.HASH64)

@@ -10,6 +10,7 @@ import gzip
 import io
 import re
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Union
 from urllib.parse import urlsplit
 
 import pyarrow as pa
@@ -23,8 +24,9 @@ from ..keys import KeySpec, as_bytes, as_text
 from ..store import Stores
 from .entries import entry_values
 from .exact import ExactKeySet
-from .filterfile import load_set
-from .hashed import HashedKeySet
+
+if TYPE_CHECKING:  # the hashed sets import numba: only runs that use them pay for it
+    from .hashed import HashedKeySet
 
 TABLE_SUFFIXES = (".parquet", ".csv", ".csv.gz", ".csv.zst")
 
@@ -227,19 +229,24 @@ async def load_keys(sources: list[str], stores: Stores, spec: KeySpec | None = N
     return arrays
 
 
-KeySet = ExactKeySet | HashedKeySet
+KeySet = Union[ExactKeySet, "HashedKeySet"]  # a string member (a lazy import) needs Union
 
 
 async def build_key_set(sources: list[str], spec: KeySpec, stores: Stores) -> KeySet:
     """The run's membership set from its lists: 64-bit values in a fingerprint set, others exact."""
     arrays = await load_keys(sources, stores, spec)
     if spec.is_64bit or (arrays and pa.types.is_uint64(arrays[0].type)):
+        from .hashed import HashedKeySet
+
         return HashedKeySet.from_values(pa.concat_arrays(arrays))
     return ExactKeySet(pa.concat_arrays([as_bytes(keys) for keys in arrays]))
 
 
 async def load_filter(uri: str, spec: KeySpec, stores: Stores) -> HashedKeySet:
     """A membership file built by ``build-filter``, checked against the run's key spec before any shard."""
+    from .filterfile import load_set
+    from .hashed import HashedKeySet
+
     try:
         data = await stores.for_uri(uri).read_all(uri) if "://" in uri else uri
     except StreamfilterError as exc:
