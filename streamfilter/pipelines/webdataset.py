@@ -29,7 +29,6 @@ from .jsonl import KeyBatch, parse_json
 
 BATCH_SAMPLES = 512
 BATCH_BYTES = 64 * 1024 * 1024
-_BOM = b"\xef\xbb\xbf"
 _KEEP = "pass --on-unkeyed keep to keep such samples"
 
 
@@ -54,9 +53,8 @@ class JsonKeys:
             elif sample.meta is None:
                 problem = "has no .json member"
             else:
-                meta = sample.meta[3:] if sample.meta.startswith(_BOM) else sample.meta
                 try:
-                    doc = parse_json(meta)
+                    doc = parse_json(sample.meta)
                 except ValueError:
                     problem = "has a .json member that is not JSON"
                 else:
@@ -137,7 +135,7 @@ class SidecarKeys:
 
 
 def filter_shard(files: ShardFiles, tools: ShardTools) -> Counts:
-    """Filter one tar shard; without a sink only counts (members' data beyond the metadata is barely read)."""
+    """Filter one tar shard; without a sink only counts (and members larger than a read chunk go unread)."""
     keys = SidecarKeys(files, tools) if tools.sidecar == "parquet" else JsonKeys(files, tools)
     reader = TarReader(files.source, files.name)
     writer = TarWriter(files.sink) if files.sink is not None else None

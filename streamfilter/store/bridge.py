@@ -147,6 +147,12 @@ class PartSink(io.RawIOBase):
         return self.bytes_written
 
     def write(self, data: bytes) -> int:  # type: ignore[override]
+        if not self._buffer and len(data) >= self._part_size:
+            # A piece that is a whole part by itself (a large tar member) goes as it is: copying it
+            # through the buffer twice was half of a tar shard's time (measured, 632 MB shards).
+            self.bytes_written += len(data)
+            self._portal.call(self._upload.write_part, data if isinstance(data, bytes) else bytes(data))
+            return len(data)
         self._buffer += data
         self.bytes_written += len(data)
         if len(self._buffer) >= self._part_size:
