@@ -69,13 +69,15 @@ async def read_receipt(shard: Shard, ctx: RunContext, info: ObjectInfo) -> Recei
     return receipt if output.size == receipt.output_size else None
 
 
-async def rewrite(shard: Shard, ctx: RunContext, pipeline: Pipeline, files: ShardFiles) -> tuple[Counts, ObjectInfo]:
+async def rewrite(
+    shard: Shard, ctx: RunContext, pipeline: Pipeline, files: ShardFiles, tools: ShardTools | None = None
+) -> tuple[Counts, ObjectInfo]:
     """Filter into the output object and commit it; returns what the pipeline counted and the output."""
     assert shard.output is not None
     out_store = ctx.stores.for_uri(shard.output)
     async with out_store.open_write(shard.output) as upload:
         files.sink = sink = PartSink(upload, out_store.part_size, ctx.portal)
-        counts = await anyio.to_thread.run_sync(pipeline, files, ctx.tools)
+        counts = await anyio.to_thread.run_sync(pipeline, files, tools or ctx.tools)
         written = await upload.commit(sink.remainder())
     if written.size != sink.bytes_written:
         raise ShardError(
@@ -148,6 +150,32 @@ def _take_counts(report: ShardReport, counts: Counts) -> None:
     report.members_in, report.members_out, report.unkeyed = counts.members_in, counts.members_out, counts.unkeyed
 
 
+async def filter_one(
+    shard: Shard, ctx: RunContext, info: ObjectInfo, report: ShardReport, opened: _OpenedFiles, fmt: str
+) -> None:
+    """One object in, one out: count (dry run), copy a shard the scan found clean, or rewrite it."""
+    pipeline = pipeline_for(fmt)
+    files = ShardFiles(opened.open(info), None, redact_uri(shard.input), opened.sibling_opener(shard.input))
+    if shard.output is None:
+        _take_counts(report, await anyio.to_thread.run_sync(pipeline, files, ctx.tools))
+    else:
+        scan = scanner_for(fmt, ctx.tools) if ctx.spec.scan else None
+        clean = await anyio.to_thread.run_sync(scan, files, ctx.tools) if scan is not None else None
+        if clean is not None:
+            _take_counts(report, clean)
+            written = await keep_unchanged(shard, ctx, info, report)
+        else:
+            if ctx.spec.backup is not None:
+                backup = f"{ctx.spec.backup.rstrip('/')}/{shard.name}"
+                await ctx.stores.for_uri(backup).copy(info, backup)
+            counts, written = await rewrite(shard, ctx, pipeline, files)
+            _take_counts(report, counts)
+            report.bytes_written, report.output_via = written.size, "rewrite"
+        report.output_etag = written.etag
+        report.bytes_saved = info.size - written.size
+        await write_receipt(shard, ctx, info, written, report)
+
+
 async def process_shard(shard: Shard, ctx: RunContext) -> ShardReport:
     """Run one shard start to finish; every failure ends up in its report, never raised."""
     report = shard_report(shard)
@@ -155,7 +183,6 @@ async def process_shard(shard: Shard, ctx: RunContext) -> ShardReport:
     opened = _OpenedFiles(ctx)
     try:
         fmt = detect_format(shard.input, ctx.spec.format)
-        pipeline = pipeline_for(fmt)
         info = await ctx.stores.for_uri(shard.input).stat(shard.input)
         receipt = await read_receipt(shard, ctx, info)
         if receipt is not None:
@@ -164,25 +191,14 @@ async def process_shard(shard: Shard, ctx: RunContext) -> ShardReport:
             report.bytes_saved = info.size - receipt.output_size
             report.resumed = True
         else:
-            files = ShardFiles(opened.open(info), None, redact_uri(shard.input), opened.sibling_opener(shard.input))
-            if shard.output is None:
-                _take_counts(report, await anyio.to_thread.run_sync(pipeline, files, ctx.tools))
-            else:
-                scan = scanner_for(fmt, ctx.tools) if ctx.spec.scan else None
-                clean = await anyio.to_thread.run_sync(scan, files, ctx.tools) if scan is not None else None
-                if clean is not None:
-                    _take_counts(report, clean)
-                    written = await keep_unchanged(shard, ctx, info, report)
-                else:
-                    if ctx.spec.backup is not None:
-                        backup = f"{ctx.spec.backup.rstrip('/')}/{shard.name}"
-                        await ctx.stores.for_uri(backup).copy(info, backup)
-                    counts, written = await rewrite(shard, ctx, pipeline, files)
-                    _take_counts(report, counts)
-                    report.bytes_written, report.output_via = written.size, "rewrite"
+            if fmt == "img2dataset" and shard.output is not None:  # three objects a shard: its own path
+                from .pipelines.img2dataset import process_set
+
+                written = await process_set(shard, ctx, info, report, opened)
                 report.output_etag = written.etag
-                report.bytes_saved = info.size - written.size
                 await write_receipt(shard, ctx, info, written, report)
+            else:
+                await filter_one(shard, ctx, info, report, opened, fmt)
         report.rows_removed = report.rows_in - report.rows_out
         report.status = "done"
     except StreamfilterError as exc:

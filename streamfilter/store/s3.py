@@ -311,6 +311,10 @@ class S3Upload(Upload):
                 raise
 
 
+#: S3's smallest part but the last.
+MIN_PART_BYTES = 5 * 1024 * 1024
+
+
 class S3Store(Store):
     server_side_copy = True
     #: CopyObject's limit; larger objects are copied in parts. Tests lower it to exercise that path.
@@ -417,6 +421,41 @@ class S3Store(Store):
         info = await self.stat(dst)
         etag = resp.get("CopyObjectResult", {}).get("ETag") or info.etag
         return ObjectInfo(dst, info.size, etag=etag, version_id=info.version_id, mtime=info.mtime)
+
+    async def assemble(
+        self, src: ObjectInfo, ranges: list[tuple[int, int]], tail: bytes, dst: str
+    ) -> tuple[ObjectInfo, int]:
+        """Write ``dst`` as the byte ranges of ``src`` in order, then ``tail``; returns it and the bytes moved.
+
+        A range of 5 MiB or more becomes UploadPartCopy parts (no byte passes through us);
+        shorter ranges, and the bytes needed to bring a piece up to S3's 5 MiB part minimum,
+        are read and uploaded. So a tar with a few samples removed moves a few MiB per cut,
+        not the whole object.
+        """
+        moved = 0
+        async with self.open_write(dst) as upload:
+            assert isinstance(upload, S3Upload)
+            piece = bytearray()
+            for start, end in ranges:
+                pos = start
+                while pos < end:
+                    if not piece and end - pos >= MIN_PART_BYTES:
+                        stop = min(end, pos + self.copy_part_size)
+                        if 0 < end - stop < MIN_PART_BYTES:  # never leave a tail too short to be a part
+                            stop = end - MIN_PART_BYTES
+                        await upload.copy_part(src, pos, stop)
+                        pos = stop
+                        continue
+                    stop = min(end, pos + MIN_PART_BYTES - len(piece))
+                    piece += await self.read_range(src.uri, pos, stop)
+                    moved += stop - pos
+                    pos = stop
+                    if len(piece) >= MIN_PART_BYTES:
+                        await upload.write_part(bytes(piece))
+                        moved += len(piece)
+                        piece.clear()
+            moved += len(piece) + len(tail)
+            return await upload.commit(bytes(piece) + tail), moved
 
     async def aclose(self) -> None:
         if self._fs._s3 is not None:

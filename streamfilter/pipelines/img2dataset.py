@@ -1,0 +1,238 @@
+"""img2dataset shard sets as one unit: ``00000.tar``, ``00000.parquet`` and ``00000_stats.json`` together.
+
+The Parquet decides: it holds every input row (failed downloads too), and the
+rule is applied to its key columns. The rows it matches leave the Parquet, the
+samples whose ``key`` they name leave the tar, and ``_stats.json`` has its counts
+lowered by what left, its other fields kept. A set without a match is copied
+(server-side when it can be) or, in place, left alone: its tar is never read.
+
+A tar with matches is rewritten by streaming it (the WebDataset pipeline with the
+Parquet as sidecar), or, when input and output are on one S3 endpoint, assembled
+from server-side copies of its kept byte ranges, so that only the bytes around
+each cut travel (the tar is still read once, to find where its samples lie).
+
+The three outputs are written tar, Parquet, stats, then the receipt. A set cut
+short between them is redone whole by the next run: its decision depends on the
+input Parquet only, so the result is the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.to_thread
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..errors import ShardError, StreamfilterError, redact_uri
+from ..formats.parquet import ParquetShard
+from ..formats.webdataset import BLOCK, RECORD, Sample, TarReader
+from ..keys import require_columns
+from . import Counts, ShardFiles, ShardTools, pipeline_for
+from .webdataset import BATCH_SAMPLES, SidecarKeys
+
+if TYPE_CHECKING:
+    from ..engine import RunContext, _OpenedFiles
+    from ..ledger import ShardReport
+    from ..plan import Shard
+    from ..store import ObjectInfo
+
+STATS_SUFFIX = "_stats.json"
+#: img2dataset's ``status`` for a row whose image is in the tar.
+SUCCESS = "success"
+
+
+def sibling(uri: str, suffix: str) -> str:
+    """``a/00001.tar`` -> ``a/00001.parquet`` (or ``a/00001_stats.json``)."""
+    head, slash, name = uri.rpartition("/")
+    return f"{head}{slash}{name.split('.', 1)[0]}{suffix}"
+
+
+@dataclasses.dataclass
+class Decision:
+    rows: int
+    removed_rows: int
+    #: How many removed rows had each status (``success``, ``failed_to_download``, …).
+    removed_status: Counter
+
+
+def decide(files: ShardFiles, tools: ShardTools) -> Decision:
+    """Match the Parquet's key columns; read nothing else of it (and nothing of the tar)."""
+    name = files.name
+    shard = ParquetShard(files.source, name)
+    require_columns(shard.schema, tools.rule.key, name)
+    columns = list(dict.fromkeys([*tools.rule.key.columns, *(["status"] if "status" in shard.schema.names else [])]))
+    rows = removed = 0
+    status: Counter = Counter()
+    for table in shard.row_groups(columns, use_threads=False):
+        tools.check_cancelled(name)
+        drop = pc.invert(tools.rule.keep_mask(table, name))
+        rows += table.num_rows
+        n = drop.true_count
+        removed += n
+        if n and "status" in table.column_names:
+            counts = pc.value_counts(
+                table.column("status").filter(drop).cast(pa.large_string()).fill_null("")
+            ).to_pylist()
+            status.update({c["values"]: c["counts"] for c in counts})
+    return Decision(rows, removed, status)
+
+
+def updated_stats(data: bytes, decision: Decision, name: str) -> bytes:
+    """``_stats.json`` with ``count``, ``successes`` and the failure counts lowered by what was removed."""
+    try:
+        stats: dict[str, Any] = json.loads(data)
+        if not isinstance(stats, dict):
+            raise ValueError("not an object")
+    except ValueError as exc:
+        raise ShardError(f"{name} is not a JSON object ({exc}); check the shard set's stats file") from None
+    lowered = {"count": decision.removed_rows, "successes": decision.removed_status.get(SUCCESS, 0)}
+    for status in ("failed_to_download", "failed_to_resize"):
+        lowered[status] = decision.removed_status.get(status, 0)
+    for field, n in lowered.items():
+        if isinstance(stats.get(field), int):
+            stats[field] -= n
+    if isinstance(stats.get("status_dict"), dict):
+        for status, n in decision.removed_status.items():
+            if isinstance(stats["status_dict"].get(status), int):
+                stats["status_dict"][status] -= n
+    return (json.dumps(stats, indent=4) + "\n").encode()
+
+
+def kept_spans(files: ShardFiles, tools: ShardTools) -> tuple[list[tuple[int, int]], Counts, int]:
+    """Walk the tar's headers and return the byte ranges of its kept samples, merged, and the counts."""
+    keys = SidecarKeys(files, tools)
+    reader = TarReader(files.source, files.name)
+    spans: list[tuple[int, int]] = []
+    counts = Counts(members_in=0, members_out=0, unkeyed=0)
+    batch: list[Sample] = []
+
+    def flush() -> None:
+        reader.verify()
+        keep, unkeyed = keys.decide(batch)
+        counts.unkeyed += unkeyed  # type: ignore[operator]
+        for sample, kept in zip(batch, keep.tolist(), strict=True):
+            counts.members_in += sample.members  # type: ignore[operator]
+            if not sample.structural:
+                counts.rows_in += 1
+                counts.rows_out += kept
+            if kept:
+                counts.members_out += sample.members  # type: ignore[operator]
+                if spans and spans[-1][1] == sample.start:
+                    spans[-1] = (spans[-1][0], sample.end)
+                else:
+                    spans.append((sample.start, sample.end))
+        reader.release(batch[-1].end)
+        batch.clear()
+
+    for sample in reader.samples(meta=None):
+        batch.append(sample)
+        if len(batch) >= BATCH_SAMPLES:
+            tools.check_cancelled(files.name)
+            flush()
+    if batch:
+        flush()
+    return spans, counts, reader.size
+
+
+def tar_tail(length: int) -> bytes:
+    """The end-of-archive blocks after ``length`` bytes of members, padded to a whole record."""
+    return bytes(2 * BLOCK + (-(length + 2 * BLOCK) % RECORD))
+
+
+async def process_set(
+    shard: Shard, ctx: RunContext, info: ObjectInfo, report: ShardReport, opened: _OpenedFiles
+) -> ObjectInfo:
+    """Filter one shard set; returns the output tar (what the receipt records)."""
+    assert shard.output is not None
+    label = redact_uri(shard.input)
+    stores, tools = ctx.stores, ctx.tools
+    parquet_in, stats_in = sibling(shard.input, ".parquet"), sibling(shard.input, STATS_SUFFIX)
+    parquet_out, stats_out = sibling(shard.output, ".parquet"), sibling(shard.output, STATS_SUFFIX)
+    parquet_info = await _stat(stores, parquet_in, label)
+    stats_info = await _stat(stores, stats_in, label)
+    parquet_files = ShardFiles(opened.open(parquet_info), None, redact_uri(parquet_in), _no_sibling)
+    decision = await anyio.to_thread.run_sync(decide, parquet_files, tools)
+    report.rows_in, report.rows_out = decision.rows, decision.rows - decision.removed_rows
+    if decision.removed_rows == 0 and ctx.spec.scan:
+        return await _keep_set(shard, ctx, [(info, shard.output), (parquet_info, parquet_out), (stats_info, stats_out)],
+                               report)  # fmt: skip
+    # The tar: streamed through the WebDataset pipeline, or assembled from copies on one S3 endpoint.
+    tar_store, out_store = stores.for_uri(shard.input), stores.for_uri(shard.output)
+    tar_files = ShardFiles(opened.open(info), None, label, opened.sibling_opener(shard.input))
+    sidecar_tools = dataclasses.replace(tools, sidecar="parquet")
+    if tar_store is out_store and hasattr(out_store, "assemble"):
+        spans, counts, _ = await anyio.to_thread.run_sync(kept_spans, tar_files, sidecar_tools)
+        length = sum(end - start for start, end in spans)
+        written, moved = await out_store.assemble(info, spans, tar_tail(length), shard.output)
+        report.bytes_read += moved
+        report.output_via = "assembled"
+    else:
+        from ..engine import rewrite
+
+        counts, written = await rewrite(shard, ctx, pipeline_for("webdataset"), tar_files, sidecar_tools)
+        report.output_via = "rewrite"
+    report.members_in, report.members_out, report.unkeyed = counts.members_in, counts.members_out, counts.unkeyed
+    # The Parquet: the same rule on the same rows.
+    parquet_shard = dataclasses.replace(shard, input=parquet_in, output=parquet_out)
+    parquet_files = ShardFiles(opened.open(parquet_info), None, redact_uri(parquet_in), _no_sibling)
+    parquet_counts, parquet_written = await _rewrite_parquet(parquet_shard, ctx, parquet_files)
+    if (parquet_counts.rows_in, parquet_counts.rows_out) != (report.rows_in, report.rows_out):
+        raise ShardError(f"{redact_uri(parquet_in)} changed while it was filtered; rerun")
+    stats_bytes = updated_stats(await stores.for_uri(stats_in).read_all(stats_in), decision, redact_uri(stats_in))
+    stats_written = await stores.for_uri(stats_out).put(stats_out, stats_bytes)
+    report.bytes_written = written.size + parquet_written.size + stats_written.size
+    report.bytes_saved = info.size + parquet_info.size + stats_info.size - report.bytes_written
+    return written
+
+
+async def _rewrite_parquet(shard: Shard, ctx: RunContext, files: ShardFiles) -> tuple[Counts, ObjectInfo]:
+    from ..engine import rewrite
+
+    return await rewrite(shard, ctx, pipeline_for("parquet"), files, ctx.tools)
+
+
+async def _keep_set(shard: Shard, ctx: RunContext, objects: list, report: ShardReport) -> ObjectInfo:
+    """A set without a match: left in place, or each object copied (server-side when it can be)."""
+    report.members_in = report.members_out = None
+    if shard.output == shard.input:
+        report.output_via = "unchanged"
+        return objects[0][0]
+    streamed_any = False
+    results = []
+    for src, dst in objects:
+        written, streamed = await ctx.stores.copy(src, dst)
+        if written.size != src.size:
+            raise ShardError(f"{redact_uri(dst)} holds {written.size} bytes after copying {src.size}; run again")
+        streamed_any |= streamed
+        results.append(written)
+        if streamed:
+            report.bytes_read += src.size
+    report.output_via = "byte_copy" if streamed_any else "server_copy"
+    report.bytes_written = sum(w.size for w in results)
+    return results[0]
+
+
+async def _stat(stores: Any, uri: str, label: str) -> ObjectInfo:
+    try:
+        return await stores.for_uri(uri).stat(uri)
+    except StreamfilterError as exc:
+        raise ShardError(
+            f"{label}: its shard set is incomplete ({exc}); an img2dataset shard needs its .tar, .parquet "
+            f"and {STATS_SUFFIX} side by side"
+        ) from None
+
+
+def _no_sibling(extension: str) -> Any:
+    raise ShardError(f"no {extension} beside a Parquet of a shard set")
+
+
+def filter_shard(files: ShardFiles, tools: ShardTools) -> Counts:
+    """A dry run of a set counts its Parquet's matches (``run`` processes sets through :func:`process_set`)."""
+    parquet = files.open_sibling(".parquet")
+    decision = decide(ShardFiles(parquet, None, files.name, _no_sibling), tools)
+    return Counts(rows_in=decision.rows, rows_out=decision.rows - decision.removed_rows)
