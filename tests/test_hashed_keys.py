@@ -235,3 +235,46 @@ def test_key_spec_names_the_hashes_the_hashing_module_has() -> None:
     from streamfilter import hashing, keys
 
     assert (keys.DIGESTS, keys.HASH64) == (hashing.DIGESTS, hashing.HASH64)
+
+
+def test_build_filter_streams_parquet_on_s3_and_text_in_pieces(
+    s3_endpoint, s3_client, bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pyarrow.parquet as pq
+
+    from streamfilter.sets import build
+
+    monkeypatch.setattr(build, "TEXT_PIECE", 4096)  # many pieces, lines cut across them
+    table = shard_table(6000, seed=10)
+    urls = table["url"].to_pylist()
+    in_parquet, in_text = urls[:3000], urls[3000:4500]
+    buf = pa.BufferOutputStream()
+    pq.write_table(pa.table({"u": in_parquet}), buf, row_group_size=700)
+    s3_client.put_object(Bucket=bucket, Key="lists/a.parquet", Body=buf.getvalue().to_pybytes())
+    text = write_list(tmp_path / "b.txt", ["# listed urls", *in_text])
+    src = write_shard(tmp_path / "in" / "a.parquet", table)
+    out = tmp_path / "f.sfm"
+
+    code = main(["build-filter", f"s3://{bucket}/lists/a.parquet:u", str(text), "--kind", "fingerprints",
+                 "--out", str(out), "--s3-endpoint-url", s3_endpoint])  # fmt: skip
+    report = streamfilter.run(str(src), output=str(tmp_path / "out"), filter=str(out), key_hash="xxh3_64", quiet=True)
+
+    assert code == 0 and report.ok
+    assert_same_table(read_parquet(tmp_path / "out" / "a.parquet"), _keep(table, "url", set(in_parquet + in_text)))
+
+
+def test_build_filter_names_the_line_of_a_bad_entry_past_the_first_piece(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    from streamfilter.sets import build
+
+    monkeypatch.setattr(build, "TEXT_PIECE", 100)
+    lines = [f"{i:016x}" for i in range(1, 50)]
+    lines[36] = "zz-not-hex"
+    text = write_list(tmp_path / "hashes.txt", lines)
+
+    code = main(["build-filter", str(text), "--blocklist-hash", "hex", "--out", str(tmp_path / "f.sfm")])
+
+    assert code == 2
+    assert "hashes.txt, line 37" in capsys.readouterr().err
+    assert not (tmp_path / "f.sfm").exists()

@@ -1,8 +1,11 @@
 """``streamfilter build-filter``: key lists turned into a membership file (Bloom filter or fingerprint set).
 
-Sources are read one at a time and only their 64-bit hashes are kept (8 bytes a
-key), so a source's text is freed before the next is read. The file format is
-:mod:`.filterfile`'s; its header records the key spec the run must use.
+Only the keys' 64-bit hashes are kept (8 bytes a key). Parquet sources are
+streamed row group by row group (the key column only) and plain text sources in
+64 MiB pieces cut at line ends, so a list of billions of keys never sits in
+memory as text; compressed text and CSV lists are read whole (their size is
+bounded by the list limits). The file format is :mod:`.filterfile`'s; its header
+records the key spec the run must use.
 """
 
 from __future__ import annotations
@@ -10,18 +13,26 @@ from __future__ import annotations
 import io
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
+import anyio
+import anyio.to_thread
 import numpy as np
+import pyarrow as pa
+from anyio.from_thread import BlockingPortal
 
 from .._version import __version__
 from ..errors import StreamfilterError, UsageError, redact_uri
-from ..keys import KeySpec
+from ..formats.parquet import ParquetShard
+from ..keys import KeySpec, as_text
 from ..store import Stores
 from .bloom import BloomFilter
+from .entries import entry_values
 from .filterfile import HEADER_READ_BYTES, describe, header_span, read_header, write_set
 from .fingerprints import FingerprintSet
-from .load import load_keys
+from .load import describe as describe_error
+from .load import load_keys, name_of, parse_source, text_keys
 
 KINDS = ("bloom", "fingerprints")
 
@@ -38,19 +49,94 @@ async def build_filter(
         raise UsageError(f"--kind {kind!r}: choose bloom or fingerprints")
     if not 0 < fpr < 1:
         raise UsageError(f"--fpr {fpr}: a false-positive rate between 0 and 1, e.g. 1e-4")
-    started, parts = time.perf_counter(), []
-    for i, source in enumerate(sources, 1):
-        (values,) = await load_keys([source], stores, spec)
+    started = time.perf_counter()
+    parts: list[np.ndarray] = []
+    shown = [0.0]
+
+    def add(values: pa.Array) -> None:
         parts.append(values.drop_null().to_numpy(zero_copy_only=False).astype(np.uint64))
-        total = sum(len(p) for p in parts)
-        print(
-            f"build-filter: {i}/{len(sources)} sources, {total:,} keys hashed, {time.perf_counter() - started:.1f} s",
-            file=sys.stderr,
-        )
+        now = time.perf_counter() - started
+        if now - shown[0] >= 1.0:  # a progress line a second at most
+            shown[0] = now
+            print(f"build-filter: {sum(len(p) for p in parts):,} keys hashed, {now:.0f} s", file=sys.stderr)
+
+    for source in sources:
+        uri, column = parse_source(source)
+        if column is not None and name_of(uri).endswith(".parquet"):
+            await _stream_parquet(uri, column, spec, stores, add)
+        elif column is None and not name_of(uri).endswith((".gz", ".zst")):
+            await _stream_text(uri, spec, stores, add)
+        else:
+            (values,) = await load_keys([source], stores, spec)
+            add(values)
+    if not parts or not sum(len(p) for p in parts):
+        raise UsageError("build-filter: the sources hold no keys; check the files (and the columns)")
     hashes = np.concatenate(parts) if len(parts) > 1 else parts[0]
-    del parts
+    parts.clear()
     structure = BloomFilter.from_hashes(hashes, fpr) if kind == "bloom" else FingerprintSet.from_hashes(hashes)
     return await _save(structure, spec, stores, out, len(hashes), fpr if kind == "bloom" else None)
+
+
+TEXT_PIECE = 64 * 1024 * 1024
+
+
+async def _stream_text(uri: str, spec: KeySpec, stores: Stores, add: Callable[[pa.Array], None]) -> None:
+    """A plain text list in pieces cut after their last newline; entries are checked as whole lists are."""
+    store = stores.for_uri(uri)
+    try:
+        size = (await store.stat(uri)).size
+        pos, carry, line_base = 0, b"", 0
+        while pos < size or carry:
+            piece = carry + (await store.read_range(uri, pos, min(size, pos + TEXT_PIECE)) if pos < size else b"")
+            pos = min(size, pos + TEXT_PIECE)
+            cut = piece.rfind(b"\n") + 1 if pos < size else len(piece)
+            if cut == 0:  # a line longer than a piece: read on
+                carry = piece
+                continue
+            carry = piece[cut:]
+            keys, lines = text_keys(piece[:cut])
+            if len(keys):
+                add(entry_values(keys, spec, _where_from(uri, lines, line_base)))
+            line_base += piece[:cut].count(b"\n")
+    except StreamfilterError as exc:
+        raise UsageError(f"cannot read {redact_uri(uri)}: {exc}") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise UsageError(f"cannot parse {redact_uri(uri)}: {describe_error(exc)}") from None
+
+
+def _where_from(uri: str, lines: pa.Array, base: int) -> Callable[[int], str]:
+    return lambda i: f"blocklist {redact_uri(uri)}, line {base + lines[i].as_py() + 1:,}"
+
+
+async def _stream_parquet(
+    uri: str, column: str, spec: KeySpec, stores: Stores, add: Callable[[pa.Array], None]
+) -> None:
+    """A Parquet list's key column, row group by row group, through ranged reads."""
+    store = stores.for_uri(uri)
+
+    def read(file: BinaryIO) -> None:
+        shard = ParquetShard(file, redact_uri(uri))
+        if column not in shard.schema.names:
+            raise UsageError(f"--blocklist {redact_uri(uri)} has no column {column!r}; name one it has")
+        row = 0
+        for table in shard.row_groups([column], use_threads=True):
+            keys = as_text(table.column(column))
+            base = row
+            add(entry_values(keys, spec, lambda i, base=base: f"blocklist {redact_uri(uri)}, row {base + i + 1:,}"))
+            row += table.num_rows
+
+    try:
+        info = await store.stat(uri)
+        async with BlockingPortal() as portal:
+            file = store.open_input(info, portal)
+            try:
+                await anyio.to_thread.run_sync(read, file)
+            finally:
+                file.close()
+    except UsageError:
+        raise
+    except StreamfilterError as exc:
+        raise UsageError(f"cannot read blocklist {redact_uri(uri)}: {exc}") from None
 
 
 async def _save(
