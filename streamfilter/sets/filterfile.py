@@ -31,10 +31,16 @@ bloom only:
 ``hashes_per_key``  int, 8 (one bit per word)
 fingerprints only:
 ``count``           int, distinct 64-bit fingerprints
-``index_bits``      int; the body is ``count`` sorted u64 fingerprints, then 2**index_bits + 1 u32
-                    offsets: bucket b (the top index_bits bits of a key) is keys[off[b]:off[b+1]]
+``index_bits``      int <= 32; the body is ``count`` distinct u64 fingerprints in ascending order, then
+                    2**index_bits + 1 u32 offsets: the keys whose top index_bits bits equal b are
+                    keys[off[b]:off[b+1]] (off[0] = 0, off[-1] = count)
 
-See :mod:`.bloom` and :mod:`.fingerprints` for how each body is queried.
+Readers ignore header fields they do not know, so v1 files may carry more. See :mod:`.bloom` and
+:mod:`.fingerprints` for how each body is queried.
+
+Every problem with a file (wrong magic, unknown version, a header that is not JSON or lacks a
+field, a body shorter or longer than the header says, a checksum mismatch) raises
+:class:`~streamfilter.errors.UsageError` with one line that names the file.
 
 A remote file's header is one ranged read: fetch :data:`HEADER_READ_BYTES` bytes, or exactly
 :func:`header_span` of the first 14 bytes, and pass them to :func:`read_header`.
@@ -85,7 +91,8 @@ _KIND_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
 
 
 def _fail(source: str, problem: str) -> UsageError:
-    return UsageError(f"membership file {source}: {problem}")
+    """One line: the file, then what is wrong with it (``problem`` starts with a verb)."""
+    return UsageError(f"{source} {problem}")
 
 
 # --- writing ---
@@ -203,13 +210,13 @@ def read_header(prefix: bytes, *, source: str = "<buffer>") -> tuple[dict[str, A
     (length,) = struct.unpack_from("<I", prefix, 10)
     end = PREFIX_BYTES + length
     if len(prefix) < end:
-        raise _fail(source, f"header is truncated: needs the first {end} bytes, got {len(prefix)}")
+        raise _fail(source, f"has a truncated header: needs the first {end} bytes, got {len(prefix)}")
     try:
         header = json.loads(bytes(prefix[PREFIX_BYTES:end]).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _fail(source, f"header is not valid JSON ({exc})") from None
+        raise _fail(source, f"has a header that is not valid JSON ({exc})") from None
     if not isinstance(header, dict):
-        raise _fail(source, "header is not a JSON object")
+        raise _fail(source, "has a header that is not a JSON object")
     _check_fields(header, source)
     return header, body_offset
 
@@ -217,29 +224,33 @@ def read_header(prefix: bytes, *, source: str = "<buffer>") -> tuple[dict[str, A
 def _check_fields(header: dict[str, Any], source: str) -> None:
     kind = header.get("kind")
     if kind not in _KIND_FIELDS:
-        raise _fail(source, f"header kind {kind!r} is not one of {sorted(_KIND_FIELDS)}")
+        raise _fail(source, f"has header kind {kind!r}, not one of {sorted(_KIND_FIELDS)}")
     for name, types_ in {**_COMMON_FIELDS, **_KIND_FIELDS[kind]}.items():
         if name not in header:
-            raise _fail(source, f"header is missing field {name!r}")
+            raise _fail(source, f"has a header missing field {name!r}")
         value = header[name]
         if not isinstance(value, types_) or (isinstance(value, bool) and bool not in types_):
-            raise _fail(source, f"header field {name!r} has the wrong type ({type(value).__name__})")
+            raise _fail(source, f"has header field {name!r} of the wrong type ({type(value).__name__})")
         if isinstance(value, int) and not isinstance(value, bool) and value < 0:
-            raise _fail(source, f"header field {name!r} is negative ({value})")
+            raise _fail(source, f"has a negative header field {name!r} ({value})")
     expected = _body_size(header, source)
     if header["body_bytes"] != expected:
-        raise _fail(source, f"header says body_bytes={header['body_bytes']} but its {kind} fields imply {expected}")
+        raise _fail(
+            source, f"has body_bytes={header['body_bytes']} in its header but its {kind} fields imply {expected}"
+        )
 
 
 def _body_size(header: dict[str, Any], source: str) -> int:
     if header["kind"] == "bloom":
         if header["hashes_per_key"] != BloomFilter.hashes_per_key:
-            raise _fail(source, f"Bloom filter uses {header['hashes_per_key']} hashes per key; only 8 is supported")
+            raise _fail(
+                source, f"has a Bloom filter with {header['hashes_per_key']} hashes per key; only 8 is supported"
+            )
         if header["bits"] != header["num_blocks"] * 256 or header["num_blocks"] < 1:
-            raise _fail(source, "Bloom filter bits and num_blocks disagree")
+            raise _fail(source, "has Bloom filter bits and num_blocks that disagree")
         return BloomFilter.body_size(header["num_blocks"])
     if header["index_bits"] > 32:
-        raise _fail(source, f"fingerprint index_bits={header['index_bits']} is over 32")
+        raise _fail(source, f"has fingerprint index_bits={header['index_bits']}, over 32")
     return FingerprintSet.body_size(header["count"], header["index_bits"])
 
 
@@ -266,11 +277,11 @@ def load_set(
     header, body_offset = read_header(_header_bytes(data, source), source=source)
     body = _body(data, header, body_offset, source)
     if verify and hashlib.sha256(memoryview(body)).hexdigest() != header["body_sha256"]:
-        raise _fail(source, "body checksum mismatch: the file is corrupt, download or build it again")
+        raise _fail(source, "has a body checksum mismatch: the file is corrupt; fetch or build it again")
     try:
         return header, _structure(header, body)
     except ValueError as exc:  # e.g. an index that does not span the keys
-        raise _fail(source, f"body is inconsistent with its header ({exc})") from None
+        raise _fail(source, f"has a body inconsistent with its header ({exc})") from None
 
 
 def _map(path: Path, source: str) -> np.ndarray:
@@ -294,7 +305,7 @@ def _body(data: np.ndarray, header: dict[str, Any], body_offset: int, source: st
     if have < want:
         raise _fail(source, f"is truncated: body has {max(have, 0)} bytes, header says {want}")
     if have > want:
-        raise _fail(source, f"size mismatch: {have - want} unexpected bytes after the {want}-byte body")
+        raise _fail(source, f"has a size mismatch: {have - want} unexpected bytes after the {want}-byte body")
     body = data[body_offset:]
     if body.ctypes.data % 8:  # e.g. a slice of a bytearray: numba wants aligned words, so copy
         body = body.copy()
