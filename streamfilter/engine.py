@@ -12,6 +12,7 @@ run at once, and where, is the executor's business (``executors/``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -47,6 +48,29 @@ class RunContext:
     verbose: bool
     #: The prefix written under (the output prefix, or the inputs' common prefix in place).
     output_root: str | None
+    #: Held while a shard decodes and encodes (a rewrite, a dry run): ``spec.concurrency`` of them,
+    #: so the CPU-heavy work stays at the tuned level while more shards scan and copy.
+    cpu_slots: anyio.CapacityLimiter | None = None
+    #: Names of the receipts under ``output_root``, listed once per run; None when not listed.
+    receipts: set[str] | None = None
+
+
+#: Fewer shards than this look their receipts up one by one (a Ray task runs one shard: a listing
+#: of every receipt of a large run would cost it more than its one lookup).
+LIST_RECEIPTS_FROM = 32
+
+
+async def listed_receipts(output_root: str | None, spec: JobSpec, stores: Stores, shards: int) -> set[str] | None:
+    """The names of the receipts under ``output_root``, from one listing, so shards without one
+    skip their own lookup (a request each: on a sparse run, one in eight). None: look each up."""
+    if output_root is None or spec.overwrite or spec.dry_run or shards < LIST_RECEIPTS_FROM:
+        return None
+    prefix = receipt_uri(output_root, "")[: -len(".json")]
+    try:
+        found = await stores.for_uri(prefix).list(prefix)
+    except StreamfilterError:
+        return None
+    return {info.uri[len(prefix) :].removesuffix(".json") for info in found}
 
 
 async def read_receipt(shard: Shard, ctx: RunContext, info: ObjectInfo) -> Receipt | None:
@@ -56,6 +80,8 @@ async def read_receipt(shard: Shard, ctx: RunContext, info: ObjectInfo) -> Recei
     output it describes is still there with the size it recorded.
     """
     if shard.output is None or ctx.spec.overwrite or ctx.output_root is None:
+        return None
+    if ctx.receipts is not None and shard.name not in ctx.receipts:
         return None
     uri = receipt_uri(ctx.output_root, shard.name)
     store = ctx.stores.for_uri(uri)
@@ -150,6 +176,10 @@ def _take_counts(report: ShardReport, counts: Counts) -> None:
     report.members_in, report.members_out, report.unkeyed = counts.members_in, counts.members_out, counts.unkeyed
 
 
+def _cpu_slot(ctx: RunContext) -> contextlib.AbstractAsyncContextManager:
+    return ctx.cpu_slots if ctx.cpu_slots is not None else contextlib.nullcontext()
+
+
 async def filter_one(
     shard: Shard, ctx: RunContext, info: ObjectInfo, report: ShardReport, opened: _OpenedFiles, fmt: str
 ) -> None:
@@ -157,7 +187,8 @@ async def filter_one(
     pipeline = pipeline_for(fmt)
     files = ShardFiles(opened.open(info), None, redact_uri(shard.input), opened.sibling_opener(shard.input))
     if shard.output is None:
-        _take_counts(report, await anyio.to_thread.run_sync(pipeline, files, ctx.tools))
+        async with _cpu_slot(ctx):
+            _take_counts(report, await anyio.to_thread.run_sync(pipeline, files, ctx.tools))
     else:
         scan = scanner_for(fmt, ctx.tools) if ctx.spec.scan else None
         clean = await anyio.to_thread.run_sync(scan, files, ctx.tools) if scan is not None else None
@@ -168,7 +199,8 @@ async def filter_one(
             if ctx.spec.backup is not None:
                 backup = f"{ctx.spec.backup.rstrip('/')}/{shard.name}"
                 await ctx.stores.for_uri(backup).copy(info, backup)
-            counts, written = await rewrite(shard, ctx, pipeline, files)
+            async with _cpu_slot(ctx):
+                counts, written = await rewrite(shard, ctx, pipeline, files)
             _take_counts(report, counts)
             report.bytes_written, report.output_via = written.size, "rewrite"
         report.output_etag = written.etag

@@ -82,10 +82,11 @@ def test_local_sets_stay_consistent_and_clean_sets_are_copied(tmp_path: Path) ->
 def test_sets_on_s3_are_assembled_from_copied_ranges(s3_endpoint, s3_client, bucket, tmp_path: Path) -> None:
     src = tmp_path / "in"
     # Samples of 0.5-1.5 MiB, so the kept ranges around a cut are several S3 parts long.
-    sets = [make_set(src, i, n=24, jpg_sizes=(500_000, 1_500_000)) for i in range(2)]
+    sets = [make_set(src, i, n=24, jpg_sizes=(500_000, 1_500_000)) for i in range(3)]
     for path in sorted(src.iterdir()):
         s3_client.put_object(Bucket=bucket, Key=f"laion/{path.name}", Body=path.read_bytes())
-    listed = {sets[0][0][12]}
+    # Set 0: one cut (assembled from copies); set 1: clean; set 2: cuts too dense to assemble.
+    listed = {sets[0][0][12], *sets[2][0][::3]}
     blocklist = write_list(tmp_path / "list.txt", sorted(listed))
     report = streamfilter.run(
         f"s3://{bucket}/laion/*.tar", output=f"s3://{bucket}/clean/", blocklist=[str(blocklist)],
@@ -93,8 +94,8 @@ def test_sets_on_s3_are_assembled_from_copied_ranges(s3_endpoint, s3_client, buc
     )  # fmt: skip
 
     assert report.ok, [s.error for s in report.shards]
-    hit, clean = report.shards
-    assert hit.output_via == "assembled" and clean.output_via == "server_copy"
+    hit, clean, dense = report.shards
+    assert hit.output_via == "assembled" and clean.output_via == "server_copy" and dense.output_via == "rewrite"
     for i, (_, table) in enumerate(sets):
         stem = f"{i:05d}"
         stats = json.loads(s3_get(s3_client, bucket, f"clean/{stem}_stats.json"))
@@ -104,7 +105,7 @@ def test_sets_on_s3_are_assembled_from_copied_ranges(s3_endpoint, s3_client, buc
     assert "-" in head["ETag"]  # a multipart object: copied parts plus uploaded pieces
     # The clean set's tar was never read: the copies are server-side.
     assert sorted(s3_keys(s3_client, bucket, "clean/")) == [
-        f"clean/{i:05d}{ext}" for i in range(2) for ext in (".parquet", ".tar", "_stats.json")
+        f"clean/{i:05d}{ext}" for i in range(3) for ext in (".parquet", ".tar", "_stats.json")
     ]
     tar_size = (src / "00000.tar").stat().st_size
     assert hit.bytes_read < 1.6 * tar_size  # read once to find the samples, plus the pieces around one cut

@@ -405,3 +405,24 @@ def test_s3_run_killed_mid_upload_leaves_nothing_after_the_rerun(
     out = s3_get(s3_client, bucket, "out/big.parquet")
     assert out == s3_get(s3_client, bucket, "ref/big.parquet")
     assert_same_table(read_parquet(out), reference_filter(table, listed))
+
+
+def test_a_large_run_finds_its_receipts_by_one_listing(tmp_path: Path) -> None:
+    # From 32 shards on, receipts are listed once instead of looked up per shard: the
+    # resume decisions must be the same.
+    from streamfilter.engine import LIST_RECEIPTS_FROM
+
+    n = LIST_RECEIPTS_FROM + 2
+    paths = [write_shard(tmp_path / "in" / f"{i:03d}.parquet", shard_table(30, start=30 * i, seed=i)) for i in range(n)]
+    listed = [read_parquet(p)["url"][0].as_py() for p in paths[::5]]
+    blocklist = write_list(tmp_path / "list.txt", listed)
+    args = dict(output=str(tmp_path / "out"), blocklist=[str(blocklist)], quiet=True)
+
+    first = streamfilter.run(str(tmp_path / "in" / "*.parquet"), **args)
+    (tmp_path / "out" / "007.parquet").unlink()  # its receipt stays, its output is gone: redo it
+    second = streamfilter.run(str(tmp_path / "in" / "*.parquet"), **args)
+
+    assert first.ok and second.ok
+    assert [s.resumed for s in first.shards] == [False] * n
+    assert [s.resumed for s in second.shards] == [i != 7 for i in range(n)]
+    assert (tmp_path / "out" / "007.parquet").exists()

@@ -8,7 +8,7 @@ import threading
 import anyio
 from anyio.from_thread import BlockingPortal
 
-from ..engine import RunContext, process_shard, shard_report
+from ..engine import RunContext, listed_receipts, process_shard, shard_report
 from ..ledger import ShardReport
 from ..pipelines import Filter, ShardTools
 from ..plan import Shard
@@ -16,6 +16,10 @@ from ..progress import Progress
 from ..sets import ExactKeySet
 from ..spec import JobSpec
 from ..store import Stores
+
+#: Shards in flight per CPU slot while the scan is on: a sparse run on S3 is bound by request
+#: latency (8 requests a clean shard), not by CPU.
+SCAN_FANOUT = 4
 
 
 async def run_shards(
@@ -38,11 +42,17 @@ async def run_shards(
         sidecar=spec.sidecar,
     )
     reports = [shard_report(s) for s in shards]
-    limiter = anyio.CapacityLimiter(spec.concurrency)
+    # Scans and copies are waits on the store, not CPU: more shards may be at that stage than
+    # decode and encode at once (the CPU slots in RunContext keep those at spec.concurrency).
+    limiter = anyio.CapacityLimiter(spec.concurrency * (SCAN_FANOUT if spec.scan else 1))
     stores = Stores(spec.stores, on_retry=progress.count_retry)
     try:
         async with BlockingPortal() as portal, anyio.create_task_group() as tg:
-            ctx = RunContext(spec, stores, portal, tools, key_set.digest, verbose, output_root)
+            ctx = RunContext(
+                spec, stores, portal, tools, key_set.digest, verbose, output_root,
+                cpu_slots=anyio.CapacityLimiter(spec.concurrency),
+                receipts=await listed_receipts(output_root, spec, stores, len(shards)),
+            )  # fmt: skip
 
             async def run_one(index: int) -> None:
                 async with limiter:

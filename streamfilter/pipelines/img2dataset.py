@@ -35,6 +35,13 @@ from ..keys import require_columns
 from . import Counts, ShardFiles, ShardTools, pipeline_for
 from .webdataset import BATCH_SAMPLES, SidecarKeys
 
+
+def _cpu_slot(ctx: RunContext) -> Any:  # the engine's helper, imported late: the engine imports pipelines
+    from ..engine import _cpu_slot as slot
+
+    return slot(ctx)
+
+
 if TYPE_CHECKING:
     from ..engine import RunContext, _OpenedFiles
     from ..ledger import ShardReport
@@ -42,6 +49,8 @@ if TYPE_CHECKING:
     from ..store import ObjectInfo
 
 STATS_SUFFIX = "_stats.json"
+#: S3's minimum part: what assembling a tar from copied ranges may move around each cut.
+ASSEMBLY_PART = 5 * 1024 * 1024
 #: img2dataset's ``status`` for a row whose image is in the tar.
 SUCCESS = "success"
 
@@ -161,15 +170,38 @@ async def process_set(
     if decision.removed_rows == 0 and ctx.spec.scan:
         return await _keep_set(shard, ctx, [(info, shard.output), (parquet_info, parquet_out), (stats_info, stats_out)],
                                report)  # fmt: skip
+    async with _cpu_slot(ctx):
+        return await _rewrite_set(shard, ctx, info, report, opened, decision, (parquet_info, stats_info))
+
+
+async def _rewrite_set(
+    shard: Shard,
+    ctx: RunContext,
+    info: ObjectInfo,
+    report: ShardReport,
+    opened: _OpenedFiles,
+    decision: Decision,
+    siblings: tuple[ObjectInfo, ObjectInfo],
+) -> ObjectInfo:
+    """A set with matches: the tar, then the Parquet, then the stats."""
+    assert shard.output is not None
+    label = redact_uri(shard.input)
+    stores, tools = ctx.stores, ctx.tools
+    parquet_info, stats_info = siblings
+    parquet_in, stats_in = sibling(shard.input, ".parquet"), sibling(shard.input, STATS_SUFFIX)
+    parquet_out, stats_out = sibling(shard.output, ".parquet"), sibling(shard.output, STATS_SUFFIX)
     # The tar: streamed through the WebDataset pipeline, or assembled from copies on one S3 endpoint.
     tar_store, out_store = stores.for_uri(shard.input), stores.for_uri(shard.output)
     tar_files = ShardFiles(opened.open(info), None, label, opened.sibling_opener(shard.input))
     sidecar_tools = dataclasses.replace(tools, sidecar="parquet")
-    if tar_store is out_store and hasattr(out_store, "assemble"):
+    # Assembly moves up to a part (5 MiB) each way per cut; with cuts denser than that, streaming the
+    # tar moves less (measured: 250 cuts in a 21 MiB tar moved 1.8x the bytes of a streamed rewrite).
+    cuts = decision.removed_status.get(SUCCESS, decision.removed_rows)
+    if tar_store is out_store and hasattr(out_store, "assemble") and cuts * 2 * ASSEMBLY_PART < info.size:
         spans, counts, _ = await anyio.to_thread.run_sync(kept_spans, tar_files, sidecar_tools)
         length = sum(end - start for start, end in spans)
-        written, moved = await out_store.assemble(info, spans, tar_tail(length), shard.output)
-        report.bytes_read += moved
+        written, fetched = await out_store.assemble(info, spans, tar_tail(length), shard.output)
+        report.bytes_read += fetched
         report.output_via = "assembled"
     else:
         from ..engine import rewrite

@@ -425,14 +425,14 @@ class S3Store(Store):
     async def assemble(
         self, src: ObjectInfo, ranges: list[tuple[int, int]], tail: bytes, dst: str
     ) -> tuple[ObjectInfo, int]:
-        """Write ``dst`` as the byte ranges of ``src`` in order, then ``tail``; returns it and the bytes moved.
+        """Write ``dst`` as the byte ranges of ``src`` in order, then ``tail``; returns it and the bytes fetched.
 
         A range of 5 MiB or more becomes UploadPartCopy parts (no byte passes through us);
         shorter ranges, and the bytes needed to bring a piece up to S3's 5 MiB part minimum,
         are read and uploaded. So a tar with a few samples removed moves a few MiB per cut,
         not the whole object.
         """
-        moved = 0
+        fetched = 0
         async with self.open_write(dst) as upload:
             assert isinstance(upload, S3Upload)
             piece = bytearray()
@@ -448,14 +448,12 @@ class S3Store(Store):
                         continue
                     stop = min(end, pos + MIN_PART_BYTES - len(piece))
                     piece += await self.read_range(src.uri, pos, stop)
-                    moved += stop - pos
+                    fetched += stop - pos
                     pos = stop
                     if len(piece) >= MIN_PART_BYTES:
                         await upload.write_part(bytes(piece))
-                        moved += len(piece)
                         piece.clear()
-            moved += len(piece) + len(tail)
-            return await upload.commit(bytes(piece) + tail), moved
+            return await upload.commit(bytes(piece) + tail), fetched
 
     async def aclose(self) -> None:
         if self._fs._s3 is not None:
