@@ -215,7 +215,9 @@ async def process_shard(shard: Shard, ctx: RunContext) -> ShardReport:
     opened = _OpenedFiles(ctx)
     try:
         fmt = detect_format(shard.input, ctx.spec.format)
-        info = await ctx.stores.for_uri(shard.input).stat(shard.input)
+        # The listing that found the shard already said what a HEAD would. Should the object change
+        # after that, its reads fail on the length or its copy on CopySourceIfMatch; never silently.
+        info = shard.info or await ctx.stores.for_uri(shard.input).stat(shard.input)
         receipt = await read_receipt(shard, ctx, info)
         if receipt is not None:
             report.rows_in, report.rows_out = receipt.rows_in, receipt.rows_out
@@ -269,7 +271,7 @@ async def write_receipt(
     )
     uri = receipt_uri(ctx.output_root, shard.name)
     try:
-        await ctx.stores.for_uri(uri).put(uri, receipt.to_json())
+        await ctx.stores.for_uri(uri).put(uri, receipt.to_json(), confirm=False)
     except StreamfilterError as exc:
         raise ShardError(
             f"output committed but its receipt was not written ({exc}); a rerun redoes this shard"

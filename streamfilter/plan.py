@@ -7,10 +7,10 @@ import itertools
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import StreamfilterError, UsageError, redact_uri
-from .store import Stores, scheme_of
+from .store import ObjectInfo, Stores, scheme_of
 
 _BRACE = re.compile(r"\{([^{}]*)\}")
 _NUMERIC_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
@@ -22,6 +22,8 @@ class Shard:
     input: str
     output: str | None
     name: str  # the input's path relative to the common input prefix
+    #: What a listing said of the input (size, ETag, mtime), so the shard need not ask again.
+    info: ObjectInfo | None = field(default=None, compare=False)
 
 
 def expand_braces(pattern: str) -> list[str]:
@@ -76,8 +78,11 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out) + r"\Z")
 
 
-async def expand_input(expr: str, stores: Stores) -> list[str]:
-    """One input expression to object URIs: @manifest, brace ranges, globs, or itself."""
+async def expand_input(expr: str, stores: Stores, known: dict[str, ObjectInfo] | None = None) -> list[str]:
+    """One input expression to object URIs: @manifest, brace ranges, globs, or itself.
+
+    What listings say of the objects found goes into ``known``.
+    """
     if expr.startswith("@"):
         manifest = expr[1:]
         try:
@@ -93,7 +98,7 @@ async def expand_input(expr: str, stores: Stores) -> list[str]:
                 except (ValueError, KeyError, TypeError):
                     raise UsageError(f"manifest {redact_uri(manifest)}: a JSON line without a 'uri'") from None
             if line and not line.startswith("#"):
-                uris += await expand_input(line, stores)
+                uris += await expand_input(line, stores, known)
         return uris
     uris = []
     for uri in expand_braces(expr):
@@ -103,7 +108,10 @@ async def expand_input(expr: str, stores: Stores) -> list[str]:
         prefix = uri[: _WILDCARD.search(uri).start()]  # type: ignore[union-attr]
         regex = glob_regex(uri)
         listed = await stores.for_uri(uri).list(prefix)
-        matched = sorted(info.uri for info in listed if regex.match(info.uri))
+        found = {info.uri: info for info in listed if regex.match(info.uri)}
+        if known is not None:
+            known.update(found)
+        matched = sorted(found)
         if not matched:
             raise UsageError(f"no object matches {redact_uri(uri)}; check the pattern and the credentials")
         uris += matched
@@ -162,8 +170,9 @@ async def plan_shards(
 ) -> Plan:
     """Expand the inputs and name each shard's output: under ``output``, or the input itself."""
     uris: list[str] = []
+    known: dict[str, ObjectInfo] = {}
     for expr in inputs:
-        uris += await expand_input(expr, stores)
+        uris += await expand_input(expr, stores, known)
     uris = list(dict.fromkeys(uris))  # a shard named twice is still one shard
     if not uris:
         raise UsageError("no input shard: the inputs expanded to nothing")
@@ -173,16 +182,16 @@ async def plan_shards(
         for uri in uris:
             if not stores.for_uri(uri).writable:
                 raise UsageError(f"--in-place cannot replace {redact_uri(uri)}: its store is read-only")
-        return Plan([Shard(u, u, n) for u, n in zip(uris, names, strict=True)], base)
+        return Plan([Shard(u, u, n, known.get(u)) for u, n in zip(uris, names, strict=True)], base)
     if output is None:
-        return Plan([Shard(u, None, n) for u, n in zip(uris, names, strict=True)], None)
+        return Plan([Shard(u, None, n, known.get(u)) for u, n in zip(uris, names, strict=True)], None)
     out_prefix = output if output.endswith("/") else output + "/"
     if _comparable(out_prefix).startswith(base) and not output_inside_input:
         raise UsageError(
             f"output {redact_uri(output)} is inside the input prefix {redact_uri(base)}: a rerun would read "
             "its own output; choose another prefix, or pass --output-inside-input if you mean it"
         )
-    shards = [Shard(u, out_prefix + n, n) for u, n in zip(uris, names, strict=True)]
+    shards = [Shard(u, out_prefix + n, n, known.get(u)) for u, n in zip(uris, names, strict=True)]
     clash = {_comparable(s.output) for s in shards if s.output} & {_comparable(u) for u in uris}
     if clash:
         raise UsageError(
