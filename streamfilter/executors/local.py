@@ -18,7 +18,8 @@ from ..spec import JobSpec
 from ..store import Stores
 
 #: Shards in flight per CPU slot while the scan is on: scans and copies wait on the store. Measured on
-#: the sparse benchmark (128 shards, loopback S3): 1x 11.3 s, 2x 5.7 s, 4x 5.8 s with 372 vs 514 MiB peak.
+#: the sparse benchmark (128 shards, loopback S3): 2x and 4x both took 5.7 s, 4x peaked at 514 MiB
+#: against 372 MiB.
 SCAN_FANOUT = 2
 
 
