@@ -53,6 +53,8 @@ class RunContext:
     cpu_slots: anyio.CapacityLimiter | None = None
     #: Names of the receipts under ``output_root``, listed once per run; None when not listed.
     receipts: set[str] | None = None
+    #: Told after each scan whether the shard was clean (the executor widens its fan-out on sparse runs).
+    on_scanned: Callable[[bool], None] | None = None
 
 
 #: Fewer shards than this look their receipts up one by one (a Ray task runs one shard: a listing
@@ -192,6 +194,8 @@ async def filter_one(
     else:
         scan = scanner_for(fmt, ctx.tools) if ctx.spec.scan else None
         clean = await anyio.to_thread.run_sync(scan, files, ctx.tools) if scan is not None else None
+        if scan is not None and ctx.on_scanned is not None:
+            ctx.on_scanned(clean is not None)
         if clean is not None:
             _take_counts(report, clean)
             written = await keep_unchanged(shard, ctx, info, report)
