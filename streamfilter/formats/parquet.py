@@ -124,11 +124,15 @@ class ParquetShard:
                     f"{_size(MAX_ROW_GROUP_BYTES)} limit; rewrite the shard with smaller row groups"
                 )
 
-    def row_groups(self, columns: list[str] | None = None, use_threads: bool = True) -> Iterator[pa.Table]:
+    def row_groups(
+        self, columns: list[str] | None = None, use_threads: bool = True, first_alone: bool = False
+    ) -> Iterator[pa.Table]:
         """Decoded row groups in order, with the next one's bytes fetched in the background.
 
         ``use_threads`` decodes columns in parallel: right when this shard is alone on
         the machine, wasteful when other shards already keep every core busy.
+        ``first_alone`` fetches the first row group without the second, for a reader that
+        is likely to stop after it (a scan that meets a hit at once).
         """
         self.check_row_groups(columns)
         prefetch = getattr(self._file, "prefetch", None)
@@ -136,7 +140,10 @@ class ParquetShard:
         for i in range(n):
             if prefetch is not None:
                 ahead = [row_group_span(self.metadata, j, columns) for j in (i, i + 1) if j < n]
-                prefetch(ahead if i == 0 else ahead[1:])
+                if first_alone and i <= 1:
+                    prefetch(ahead[:1] if i == 0 else ahead)
+                else:
+                    prefetch(ahead if i == 0 else ahead[1:])
             try:
                 yield self._pf.read_row_group(i, columns=columns, use_threads=use_threads)
             except (pa.ArrowException, OSError) as exc:

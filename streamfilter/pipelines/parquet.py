@@ -51,7 +51,8 @@ def scan_shard(files: ShardFiles, tools: ShardTools) -> Counts | None:
     shard = _open(files, tools)
     columns = list(rule.key.columns)
     rows = stored = 0
-    for i, table in enumerate(shard.row_groups(columns, use_threads=tools.decode_threads)):
+    # The first row group alone: on a dense list the scan stops there, and its look-ahead would be waste.
+    for i, table in enumerate(shard.row_groups(columns, use_threads=tools.decode_threads, first_alone=True)):
         tools.check_cancelled(name)
         if rule.keep_mask(table, name).false_count:
             return None
