@@ -167,6 +167,8 @@ async def process_set(
     parquet_files = ShardFiles(opened.open(parquet_info), None, redact_uri(parquet_in), _no_sibling)
     decision = await anyio.to_thread.run_sync(decide, parquet_files, tools)
     report.rows_in, report.rows_out = decision.rows, decision.rows - decision.removed_rows
+    if ctx.on_scanned is not None:
+        ctx.on_scanned(decision.removed_rows == 0)
     if decision.removed_rows == 0 and ctx.spec.scan:
         return await _keep_set(shard, ctx, [(info, shard.output), (parquet_info, parquet_out), (stats_info, stats_out)],
                                report)  # fmt: skip
@@ -234,19 +236,29 @@ async def _keep_set(shard: Shard, ctx: RunContext, objects: list, report: ShardR
     if shard.output == shard.input:
         report.output_via = "unchanged"
         return objects[0][0]
-    streamed_any = False
-    results = []
-    for src, dst in objects:
-        written, streamed = await ctx.stores.copy(src, dst)
-        if written.size != src.size:
-            raise ShardError(f"{redact_uri(dst)} holds {written.size} bytes after copying {src.size}; run again")
-        streamed_any |= streamed
-        results.append(written)
-        if streamed:
-            report.bytes_read += src.size
+    results: list[tuple[ObjectInfo, bool]] = [None] * len(objects)  # type: ignore[list-item]
+
+    failures: list[StreamfilterError] = []
+
+    async def copy(i: int, src: ObjectInfo, dst: str) -> None:
+        try:
+            results[i] = await ctx.stores.copy(src, dst)
+        except StreamfilterError as exc:  # kept, so the shard fails with this one line, not a group
+            failures.append(exc)
+            return
+        if results[i][0].size != src.size:
+            failures.append(ShardError(f"{redact_uri(dst)} holds {results[i][0].size} bytes after copying; run again"))
+
+    async with anyio.create_task_group() as tg:  # three copies, each a wait on the store: at once
+        for i, (src, dst) in enumerate(objects):
+            tg.start_soon(copy, i, src, dst)
+    if failures:
+        raise failures[0]
+    streamed_any = any(streamed for _, streamed in results)
+    report.bytes_read += sum(src.size for (src, _), (_, streamed) in zip(objects, results, strict=True) if streamed)
     report.output_via = "byte_copy" if streamed_any else "server_copy"
-    report.bytes_written = sum(w.size for w in results)
-    return results[0]
+    report.bytes_written = sum(written.size for written, _ in results)
+    return results[0][0]
 
 
 async def _stat(stores: Any, uri: str, label: str) -> ObjectInfo:
