@@ -62,12 +62,13 @@ import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from countingproxy import CountingProxy  # a sibling module: the script directory is on sys.path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -421,117 +422,6 @@ class MotoServer:
             self.proc.kill()
             self.proc.wait()
         self.log.close()
-
-
-class CountingProxy:
-    """A loopback TCP proxy in front of the S3 server that counts the bytes going each way.
-
-    ``read`` is what went server to engine, ``written`` engine to server: raw TCP payload, HTTP
-    headers, listings and error replies included, so both engines are measured alike, whatever they
-    report about themselves. Threads of the harness (which only waits while an engine runs): one per
-    direction per connection, one CHUNK buffer each; at most MAX_CONNECTIONS at once.
-    (The same design as benchmarks/run.py's proxy, repeated so that this script stands alone.)
-    """
-
-    CHUNK = 256 * 1024  # a 22 MB GET is then ~90 recv/send pairs, not thousands
-    MAX_CONNECTIONS = 256
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream = ("127.0.0.1", upstream_port)
-        self.listener = socket.create_server(("127.0.0.1", 0), backlog=128)
-        self.listener.settimeout(0.2)  # accept() is not woken by close() from another thread: poll
-        self.port = self.listener.getsockname()[1]
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.lock = threading.Lock()
-        self.counts = {"read": 0, "written": 0, "connections": 0}
-        self.active: set[socket.socket] = set()
-        self.slots = threading.BoundedSemaphore(self.MAX_CONNECTIONS)
-        self.stopping = threading.Event()
-        self.acceptor = threading.Thread(target=self._accept, name="proxy-accept", daemon=True)
-        self.acceptor.start()
-
-    def snapshot(self) -> dict[str, int]:
-        with self.lock:
-            return dict(self.counts)
-
-    def quiesce(self, timeout: float = 10.0) -> bool:
-        """Wait until every connection is closed (the engine has exited), so its last bytes are counted."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                if not self.active:
-                    return True
-            time.sleep(0.02)
-        return False
-
-    def _accept(self) -> None:
-        while not self.stopping.is_set():
-            if not self.slots.acquire(timeout=0.2):
-                continue
-            try:
-                client, _ = self.listener.accept()
-            except TimeoutError:
-                self.slots.release()
-                continue
-            except OSError:  # the listener was closed
-                self.slots.release()
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    def _serve(self, client: socket.socket) -> None:
-        upstream = None
-        try:
-            client.settimeout(None)
-            try:
-                upstream = socket.create_connection(self.upstream, timeout=30)
-            except OSError:
-                return  # the engine sees a dropped connection, as it would from the server itself
-            upstream.settimeout(None)
-            for sock in (client, upstream):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self.lock:
-                self.active |= {client, upstream}
-                self.counts["connections"] += 1
-            writer = threading.Thread(target=self._pump, args=(client, upstream, "written"), daemon=True)
-            writer.start()
-            self._pump(upstream, client, "read")
-            writer.join()
-        finally:
-            with self.lock:
-                self.active.discard(client)
-                if upstream is not None:
-                    self.active.discard(upstream)
-            for sock in (client, upstream):
-                if sock is not None:
-                    sock.close()
-            self.slots.release()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, direction: str) -> None:
-        buf = bytearray(self.CHUNK)
-        view = memoryview(buf)
-        try:
-            while n := src.recv_into(buf):
-                with self.lock:
-                    self.counts[direction] += n
-                dst.sendall(view[:n])
-        except OSError:
-            # A reset on one side: end both directions, or the other pump would wait forever.
-            for sock in (src, dst):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-            return
-        with contextlib.suppress(OSError):  # a clean end: pass the half-close on, as HTTP expects
-            dst.shutdown(socket.SHUT_WR)
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.acceptor.join(5)
-        self.listener.close()
-        with self.lock:
-            active = list(self.active)
-        for sock in active:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
 
 
 # --------------------------------------------------------------------------- the benchmark

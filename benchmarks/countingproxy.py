@@ -1,0 +1,124 @@
+"""A byte-counting TCP proxy on loopback, shared by the benchmarks that talk to a moto S3 server.
+
+Only the standard library: the DuckDB side virtualenv imports the benchmark scripts too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+
+
+class CountingProxy:
+    """A loopback TCP proxy in front of the S3 server that counts the bytes going each way.
+
+    Every engine's S3 traffic goes through it, so bytes read and written are measured the same way
+    for all of them, at the endpoint, whatever each engine reports about itself: raw TCP payload,
+    HTTP headers, listings and error replies included. It runs as threads of the harness, which only
+    waits while an engine runs, so the harness's CPU time during a run is the proxy's. Bounded: at
+    most MAX_CONNECTIONS connections at once (a further one waits to be accepted), one CHUNK buffer
+    per direction each.
+    """
+
+    CHUNK = 256 * 1024  # large enough that a 3 MiB GET costs a dozen recv/send pairs, not hundreds
+    MAX_CONNECTIONS = 256
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream = ("127.0.0.1", upstream_port)
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+        # accept() is not woken by close() from another thread on Linux: poll, so stop() is prompt.
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.lock = threading.Lock()
+        self.counts = {"read": 0, "written": 0, "connections": 0}
+        self.active: set[socket.socket] = set()
+        self.slots = threading.BoundedSemaphore(self.MAX_CONNECTIONS)
+        self.stopping = threading.Event()
+        self.acceptor = threading.Thread(target=self._accept, name="proxy-accept", daemon=True)
+        self.acceptor.start()
+
+    def snapshot(self) -> dict[str, int]:
+        with self.lock:
+            return dict(self.counts)
+
+    def quiesce(self, timeout: float = 10.0) -> bool:
+        """Wait until every connection is closed (the engine has exited), so its last bytes are counted."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if not self.active:
+                    return True
+            time.sleep(0.02)
+        return False
+
+    def _accept(self) -> None:
+        while not self.stopping.is_set():
+            if not self.slots.acquire(timeout=0.2):
+                continue
+            try:
+                client, _ = self.listener.accept()
+            except TimeoutError:
+                self.slots.release()
+                continue
+            except OSError:  # the listener was closed
+                self.slots.release()
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        upstream = None
+        try:
+            client.settimeout(None)
+            try:
+                upstream = socket.create_connection(self.upstream, timeout=30)
+            except OSError:
+                return  # the engine sees a dropped connection, as it would from the server itself
+            upstream.settimeout(None)
+            for sock in (client, upstream):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self.lock:
+                self.active |= {client, upstream}
+                self.counts["connections"] += 1
+            writer = threading.Thread(target=self._pump, args=(client, upstream, "written"), daemon=True)
+            writer.start()
+            self._pump(upstream, client, "read")
+            writer.join()
+        finally:
+            with self.lock:
+                self.active.discard(client)
+                if upstream is not None:
+                    self.active.discard(upstream)
+            for sock in (client, upstream):
+                if sock is not None:
+                    sock.close()
+            self.slots.release()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, direction: str) -> None:
+        buf = bytearray(self.CHUNK)
+        view = memoryview(buf)
+        try:
+            while n := src.recv_into(buf):
+                with self.lock:
+                    self.counts[direction] += n
+                dst.sendall(view[:n])
+        except OSError:
+            # A reset on one side: end both directions, or the other pump would wait forever.
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            return
+        with contextlib.suppress(OSError):  # a clean end: pass the half-close on, as HTTP expects
+            dst.shutdown(socket.SHUT_WR)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.acceptor.join(5)
+        self.listener.close()
+        with self.lock:
+            active = list(self.active)
+        for sock in active:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
