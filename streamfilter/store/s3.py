@@ -155,15 +155,7 @@ class S3Upload(Upload):
             await self._tg.__aexit__(None, None, None)
 
     async def write_part(self, data: bytes) -> None:
-        self._raise_failed()
-        if self._upload_id is None:
-            self._upload_id = await self._create()
-        await self._slots.acquire()
-        self._raise_failed()
-        number = len(self._parts) + 1
-        self._parts[number] = ""
-        assert self._tg is not None
-        self._tg.start_soon(self._send, number, data)
+        await self._start_part(self._send, data)
 
     async def copy_part(self, src: ObjectInfo, start: int, end: int) -> None:
         """Add bytes ``[start, end)`` of another S3 object as the next part, copied server-side.
@@ -171,6 +163,10 @@ class S3Upload(Upload):
         UploadPartCopy moves no bytes through us. ``CopySourceIfMatch`` pins the version
         that was read: if the source changed since, the copy fails instead of mixing versions.
         """
+        await self._start_part(self._send_copy, src, start, end)
+
+    async def _start_part(self, send: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Number the next part and send it in the background once a slot is free (the backpressure)."""
         self._raise_failed()
         if self._upload_id is None:
             self._upload_id = await self._create()
@@ -179,7 +175,7 @@ class S3Upload(Upload):
         number = len(self._parts) + 1
         self._parts[number] = ""
         assert self._tg is not None
-        self._tg.start_soon(self._send_copy, number, src, start, end)
+        self._tg.start_soon(send, number, *args)
 
     async def _send_copy(self, number: int, src: ObjectInfo, start: int, end: int) -> None:
         bucket, key = split(src.uri)
