@@ -56,6 +56,10 @@ class Upload(abc.ABC):
     returns as soon as the part is queued, so at most a bounded number are in flight.
     """
 
+    #: True when ``write_part`` is done with its data by the time it returns, so it may be given a
+    #: view into a reader's buffer instead of a copy (local files; not S3, which sends in the background).
+    takes_views: bool = False
+
     def __init__(self, uri: str) -> None:
         self.uri = uri
         self.committed = False
