@@ -81,6 +81,7 @@ def decide(files: ShardFiles, tools: ShardTools) -> Decision:
         tools.check_cancelled(name)
         drop = pc.invert(tools.rule.keep_mask(table, name))
         rows += table.num_rows
+        tools.progress.add(table.num_rows, 0)
         n = drop.true_count
         removed += n
         if n and "status" in table.column_names:
