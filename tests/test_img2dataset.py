@@ -136,3 +136,24 @@ def test_img2dataset_needs_tar_inputs(tmp_path: Path) -> None:
     with pytest.raises(streamfilter.UsageError, match=r"\.tar"):
         streamfilter.run(str(src / "00000.parquet"), output=str(tmp_path / "o"), blocklist=[str(blocklist)],
                          format="img2dataset", quiet=True)  # fmt: skip
+
+
+def test_sets_served_over_http_are_filtered_into_a_local_prefix(http_server, tmp_path: Path) -> None:
+    served, base = http_server.dir()
+    sets = [make_set(served, i, n=12) for i in range(2)]
+    listed = {sets[0][0][5], sets[0][1]["url"][13].as_py()}  # a sample and a failed download
+    blocklist = write_list(tmp_path / "list.txt", sorted(listed))
+
+    report = streamfilter.run(
+        [base + "00000.tar", base + "00001.tar"], output=str(tmp_path / "out"), blocklist=[str(blocklist)],
+        format="img2dataset", quiet=True,
+    )  # fmt: skip
+
+    assert report.ok, [s.error for s in report.shards]
+    out = tmp_path / "out"
+    for i, (_, table) in enumerate(sets):
+        stem = f"{i:05d}"
+        stats = json.loads((out / f"{stem}_stats.json").read_text())
+        check_set(served, (out / f"{stem}.tar").read_bytes(), read_parquet(out / f"{stem}.parquet"), stats, stem,
+                  table, listed)  # fmt: skip
+    assert [s.output_via for s in report.shards] == ["rewrite", "byte_copy"]
