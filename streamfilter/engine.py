@@ -1,13 +1,15 @@
-"""The per-shard pipeline, and the run around it: plan, key set, executor, report.
+"""The per-shard flow, and the run around it: plan, key set, executor, report.
 
 One shard is one unit of work: read, filtered, written and committed on its own.
-Inside a shard the CPU work (decode, match, encode) runs in one worker thread
-while the event loop fetches the next row group and uploads finished parts, so
-the I/O of one shard overlaps the CPU of others. The bounded buffers between
-stages are the row-group read-ahead (one ahead) and the parts in flight per
-upload; a decoded-table queue between decode and encode would triple the
-decoded memory per shard for no gain once two shards run at once. How many shards
-run at once, and where, is the executor's business (``executors/``).
+With the scan on, its key columns are read first (``pipelines/<format>.scan_shard``)
+and a shard without hits is copied or left in place; a shard with hits is
+rewritten. The format's pipeline does the CPU work (decode, match, encode) in one
+worker thread while the event loop fetches the next row group and uploads
+finished parts, so the I/O of one shard overlaps the CPU of others. The bounded
+buffers between stages are the row-group read-ahead (one ahead) and the parts in
+flight per upload; a decoded-table queue between decode and encode would triple
+the decoded memory per shard for no gain once two shards run at once. How many
+shards run at once, and where, is the executor's business (``executors/``).
 """
 
 from __future__ import annotations

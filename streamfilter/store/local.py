@@ -36,6 +36,7 @@ class CountingFile(io.FileIO):
 
 class LocalUpload(Upload):
     takes_views = True
+
     def __init__(self, uri: str) -> None:
         super().__init__(uri)
         path = Path(to_path(uri))
