@@ -30,7 +30,7 @@ from ._version import __version__
 from .errors import ShardError, StreamfilterError, UsageError, redact_uri
 from .formats import detect_format
 from .ledger import Receipt, Report, ShardReport, input_identity, receipt_uri, worker_report_uri
-from .pipelines import Counts, Pipeline, ShardFiles, ShardTools, pipeline_for, scanner_for
+from .pipelines import Counts, Pipeline, ShardFiles, ShardTools, pipeline_for, scanner_for, sibling
 from .plan import Shard, plan_shards, worker_share
 from .progress import Progress
 from .sets import KeySet, build_key_set, load_filter
@@ -122,13 +122,6 @@ def shard_report(shard: Shard, error: str | None = None) -> ShardReport:
     return ShardReport(redact_uri(shard.input), shard.output and redact_uri(shard.output), error=error)
 
 
-def sibling_uri(uri: str, extension: str) -> str:
-    """The URI of the object beside ``uri`` with another extension: ``a/00001.tar`` -> ``a/00001.parquet``."""
-    head, _, name = uri.rpartition("/")
-    stem = name.split(".", 1)[0] if "." in name else name
-    return f"{head}/{stem}{extension}" if head else f"{stem}{extension}"
-
-
 class _OpenedFiles:
     """Every input object a shard opened, so they are closed and their bytes counted once."""
 
@@ -144,7 +137,7 @@ class _OpenedFiles:
     def sibling_opener(self, uri: str) -> Callable[[str], BinaryIO]:
         def open_sibling(extension: str) -> BinaryIO:
             # Runs in the pipeline's worker thread: the stat goes through the event loop.
-            target = sibling_uri(uri, extension)
+            target = sibling(uri, extension)
             info = self.ctx.portal.call(self.ctx.stores.for_uri(target).stat, target)
             return self.open(info)
 

@@ -32,7 +32,7 @@ from ..errors import ShardError, StreamfilterError, redact_uri
 from ..formats.parquet import ParquetShard
 from ..formats.webdataset import BLOCK, RECORD, Sample, TarReader
 from ..keys import require_columns
-from . import Counts, ShardFiles, ShardTools, pipeline_for
+from . import Counts, ShardFiles, ShardTools, pipeline_for, sibling
 from .webdataset import BATCH_SAMPLES, SidecarKeys
 
 
@@ -53,12 +53,6 @@ STATS_SUFFIX = "_stats.json"
 ASSEMBLY_PART = 5 * 1024 * 1024
 #: img2dataset's ``status`` for a row whose image is in the tar.
 SUCCESS = "success"
-
-
-def sibling(uri: str, suffix: str) -> str:
-    """``a/00001.tar`` -> ``a/00001.parquet`` (or ``a/00001_stats.json``)."""
-    head, slash, name = uri.rpartition("/")
-    return f"{head}{slash}{name.split('.', 1)[0]}{suffix}"
 
 
 @dataclasses.dataclass

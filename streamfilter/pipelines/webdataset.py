@@ -24,7 +24,7 @@ from ..errors import ShardError
 from ..formats.parquet import ParquetShard
 from ..formats.webdataset import Sample, TarReader, TarWriter
 from ..keys import require_columns
-from . import Counts, ShardFiles, ShardTools
+from . import Counts, ShardFiles, ShardTools, sibling
 from .jsonl import KeyBatch, parse_json
 
 BATCH_SAMPLES = 512
@@ -72,11 +72,6 @@ class JsonKeys:
         return keep, unkeyed
 
 
-def _sibling_name(name: str, extension: str) -> str:
-    head, slash, base = name.rpartition("/")
-    return f"{head}{slash}{base.split('.', 1)[0]}{extension}"
-
-
 class SidecarKeys:
     """Keys through the img2dataset Parquet beside the tar: its ``key`` column names the samples."""
 
@@ -85,7 +80,7 @@ class SidecarKeys:
     def __init__(self, files: ShardFiles, tools: ShardTools) -> None:
         self.name, self.tools = files.name, tools
         rule = tools.rule
-        sidecar = _sibling_name(files.name, ".parquet")
+        sidecar = sibling(files.name, ".parquet")
         try:
             file = files.open_sibling(".parquet")
         except ShardError as exc:
