@@ -14,7 +14,6 @@ shards run at once, and where, is the executor's business (``executors/``).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
@@ -52,7 +51,7 @@ class RunContext:
     output_root: str | None
     #: Held while a shard decodes and encodes (a rewrite, a dry run): ``spec.concurrency`` of them,
     #: so the CPU-heavy work stays at the tuned level while more shards scan and copy.
-    cpu_slots: anyio.CapacityLimiter | None = None
+    cpu_slots: anyio.CapacityLimiter
     #: Names of the receipts under ``output_root``, listed once per run; None when not listed.
     receipts: set[str] | None = None
     #: Told after each scan whether the shard was clean (the executor widens its fan-out on sparse runs).
@@ -173,10 +172,6 @@ def _take_counts(report: ShardReport, counts: Counts) -> None:
     report.members_in, report.members_out, report.unkeyed = counts.members_in, counts.members_out, counts.unkeyed
 
 
-def _cpu_slot(ctx: RunContext) -> contextlib.AbstractAsyncContextManager:
-    return ctx.cpu_slots if ctx.cpu_slots is not None else contextlib.nullcontext()
-
-
 async def filter_one(
     shard: Shard, ctx: RunContext, info: ObjectInfo, report: ShardReport, opened: _OpenedFiles, fmt: str
 ) -> None:
@@ -184,7 +179,7 @@ async def filter_one(
     pipeline = pipeline_for(fmt)
     files = ShardFiles(opened.open(info), None, redact_uri(shard.input), opened.sibling_opener(shard.input))
     if shard.output is None:
-        async with _cpu_slot(ctx):
+        async with ctx.cpu_slots:
             _take_counts(report, await anyio.to_thread.run_sync(pipeline, files, ctx.tools))
     else:
         scan = scanner_for(fmt, ctx.tools) if ctx.spec.scan else None
@@ -198,7 +193,7 @@ async def filter_one(
             if ctx.spec.backup is not None:
                 backup = f"{ctx.spec.backup.rstrip('/')}/{shard.name}"
                 await ctx.stores.for_uri(backup).copy(info, backup)
-            async with _cpu_slot(ctx):
+            async with ctx.cpu_slots:
                 counts, written = await rewrite(shard, ctx, pipeline, files)
             _take_counts(report, counts)
             report.bytes_written, report.output_via = written.size, "rewrite"

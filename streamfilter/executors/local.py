@@ -64,7 +64,7 @@ async def run_shards(
         async with BlockingPortal() as portal, anyio.create_task_group() as tg:
             ctx = RunContext(
                 spec, stores, portal, tools, key_set.digest, verbose, output_root,
-                cpu_slots=anyio.CapacityLimiter(spec.concurrency),
+                anyio.CapacityLimiter(spec.concurrency),
                 receipts=await listed_receipts(output_root, spec, stores, len(shards)),
                 on_scanned=on_scanned,
             )  # fmt: skip

@@ -35,13 +35,6 @@ from ..keys import require_columns
 from . import Counts, ShardFiles, ShardTools, pipeline_for, sibling
 from .webdataset import BATCH_SAMPLES, SidecarKeys
 
-
-def _cpu_slot(ctx: RunContext) -> Any:  # the engine's helper, imported late: the engine imports pipelines
-    from ..engine import _cpu_slot as slot
-
-    return slot(ctx)
-
-
 if TYPE_CHECKING:
     from ..engine import RunContext, _OpenedFiles
     from ..ledger import ShardReport
@@ -167,7 +160,7 @@ async def process_set(
     if decision.removed_rows == 0 and ctx.spec.scan:
         return await _keep_set(shard, ctx, [(info, shard.output), (parquet_info, parquet_out), (stats_info, stats_out)],
                                report)  # fmt: skip
-    async with _cpu_slot(ctx):
+    async with ctx.cpu_slots:
         return await _rewrite_set(shard, ctx, info, report, opened, decision, (parquet_info, stats_info))
 
 
