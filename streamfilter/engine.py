@@ -148,23 +148,38 @@ class _OpenedFiles:
         return sum(file.bytes_read for file in self.files)
 
 
-async def keep_unchanged(shard: Shard, ctx: RunContext, info: ObjectInfo, report: ShardReport) -> ObjectInfo:
-    """The output of a shard found clean: the input itself in place, else a copy of its bytes."""
-    assert shard.output is not None
+async def keep_unchanged(
+    shard: Shard, ctx: RunContext, objects: list[tuple[ObjectInfo, str]], report: ShardReport
+) -> ObjectInfo:
+    """The outputs of a shard found clean: in place the inputs themselves, else copies of their bytes.
+
+    ``objects`` pairs each input with its output, the shard's own first (an img2dataset set has
+    three); the copies, each a wait on the store, run at once. Returns the first output.
+    """
     if shard.output == shard.input:
         report.output_via = "unchanged"
-        return info
-    written, streamed = await ctx.stores.copy(info, shard.output)
-    if written.size != info.size:
-        raise ShardError(
-            f"{redact_uri(shard.output)} holds {written.size} bytes after copying {info.size}; "
-            "the store lost data, run again"
-        )
-    report.output_via = "byte_copy" if streamed else "server_copy"
-    report.bytes_written = written.size
-    if streamed:
-        report.bytes_read += info.size  # counted apart from the opened files: the copy reads on its own
-    return written
+        return objects[0][0]
+    results: list[tuple[ObjectInfo, bool]] = []
+    failures: list[StreamfilterError] = []
+
+    async def copy(src: ObjectInfo, dst: str) -> None:
+        try:
+            written, streamed = await ctx.stores.copy(src, dst)
+        except StreamfilterError as exc:  # kept, so the shard fails with this one line, not a group
+            failures.append(exc)
+            return
+        results.append((written, streamed))
+        report.bytes_written += written.size
+        if streamed:
+            report.bytes_read += src.size  # counted apart from the opened files: the copy reads on its own
+
+    async with anyio.create_task_group() as tg:
+        for src, dst in objects:
+            tg.start_soon(copy, src, dst)
+    if failures:
+        raise failures[0]
+    report.output_via = "byte_copy" if any(streamed for _, streamed in results) else "server_copy"
+    return next(written for written, _ in results if written.uri == objects[0][1])
 
 
 def _take_counts(report: ShardReport, counts: Counts) -> None:
@@ -188,7 +203,7 @@ async def filter_one(
             ctx.on_scanned(clean is not None)
         if clean is not None:
             _take_counts(report, clean)
-            written = await keep_unchanged(shard, ctx, info, report)
+            written = await keep_unchanged(shard, ctx, [(info, shard.output)], report)
         else:
             if ctx.spec.backup is not None:
                 backup = f"{ctx.spec.backup.rstrip('/')}/{shard.name}"

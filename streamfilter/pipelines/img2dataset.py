@@ -148,20 +148,20 @@ async def process_set(
     assert shard.output is not None
     label = redact_uri(shard.input)
     stores, tools = ctx.stores, ctx.tools
-    parquet_in, stats_in = sibling(shard.input, ".parquet"), sibling(shard.input, STATS_SUFFIX)
-    parquet_out, stats_out = sibling(shard.output, ".parquet"), sibling(shard.output, STATS_SUFFIX)
-    parquet_info = await _stat(stores, parquet_in, label)
-    stats_info = await _stat(stores, stats_in, label)
-    parquet_files = ShardFiles(opened.open(parquet_info), None, redact_uri(parquet_in), _no_sibling)
+    parquet_info = await _stat(stores, sibling(shard.input, ".parquet"), label)
+    stats_info = await _stat(stores, sibling(shard.input, STATS_SUFFIX), label)
+    siblings = [(parquet_info, sibling(shard.output, ".parquet")), (stats_info, sibling(shard.output, STATS_SUFFIX))]
+    parquet_files = ShardFiles(opened.open(parquet_info), None, redact_uri(parquet_info.uri), _no_sibling)
     decision = await anyio.to_thread.run_sync(decide, parquet_files, tools)
     report.rows_in, report.rows_out = decision.rows, decision.rows - decision.removed_rows
     if ctx.on_scanned is not None:
         ctx.on_scanned(decision.removed_rows == 0)
     if decision.removed_rows == 0 and ctx.spec.scan:
-        return await _keep_set(shard, ctx, [(info, shard.output), (parquet_info, parquet_out), (stats_info, stats_out)],
-                               report)  # fmt: skip
+        from ..engine import keep_unchanged
+
+        return await keep_unchanged(shard, ctx, [(info, shard.output), *siblings], report)
     async with ctx.cpu_slots:
-        return await _rewrite_set(shard, ctx, info, report, opened, decision, (parquet_info, stats_info))
+        return await _rewrite_set(shard, ctx, info, report, opened, decision, siblings)
 
 
 async def _rewrite_set(
@@ -171,15 +171,14 @@ async def _rewrite_set(
     report: ShardReport,
     opened: _OpenedFiles,
     decision: Decision,
-    siblings: tuple[ObjectInfo, ObjectInfo],
+    siblings: list[tuple[ObjectInfo, str]],
 ) -> ObjectInfo:
-    """A set with matches: the tar, then the Parquet, then the stats."""
+    """A set with matches: the tar, then the Parquet, then the stats (``siblings``: their inputs and outputs)."""
     assert shard.output is not None
     label = redact_uri(shard.input)
     stores, tools = ctx.stores, ctx.tools
-    parquet_info, stats_info = siblings
-    parquet_in, stats_in = sibling(shard.input, ".parquet"), sibling(shard.input, STATS_SUFFIX)
-    parquet_out, stats_out = sibling(shard.output, ".parquet"), sibling(shard.output, STATS_SUFFIX)
+    (parquet_info, parquet_out), (stats_info, stats_out) = siblings
+    parquet_in, stats_in = parquet_info.uri, stats_info.uri
     # The tar: streamed through the WebDataset pipeline, or assembled from copies on one S3 endpoint.
     tar_store, out_store = stores.for_uri(shard.input), stores.for_uri(shard.output)
     tar_files = ShardFiles(opened.open(info), None, label, opened.sibling_opener(shard.input))
@@ -216,37 +215,6 @@ async def _rewrite_parquet(shard: Shard, ctx: RunContext, files: ShardFiles) -> 
     from ..engine import rewrite
 
     return await rewrite(shard, ctx, pipeline_for("parquet"), files, ctx.tools)
-
-
-async def _keep_set(shard: Shard, ctx: RunContext, objects: list, report: ShardReport) -> ObjectInfo:
-    """A set without a match: left in place, or each object copied (server-side when it can be)."""
-    report.members_in = report.members_out = None
-    if shard.output == shard.input:
-        report.output_via = "unchanged"
-        return objects[0][0]
-    results: list[tuple[ObjectInfo, bool]] = [None] * len(objects)  # type: ignore[list-item]
-
-    failures: list[StreamfilterError] = []
-
-    async def copy(i: int, src: ObjectInfo, dst: str) -> None:
-        try:
-            results[i] = await ctx.stores.copy(src, dst)
-        except StreamfilterError as exc:  # kept, so the shard fails with this one line, not a group
-            failures.append(exc)
-            return
-        if results[i][0].size != src.size:
-            failures.append(ShardError(f"{redact_uri(dst)} holds {results[i][0].size} bytes after copying; run again"))
-
-    async with anyio.create_task_group() as tg:  # three copies, each a wait on the store: at once
-        for i, (src, dst) in enumerate(objects):
-            tg.start_soon(copy, i, src, dst)
-    if failures:
-        raise failures[0]
-    streamed_any = any(streamed for _, streamed in results)
-    report.bytes_read += sum(src.size for (src, _), (_, streamed) in zip(objects, results, strict=True) if streamed)
-    report.output_via = "byte_copy" if streamed_any else "server_copy"
-    report.bytes_written = sum(written.size for written, _ in results)
-    return results[0][0]
 
 
 async def _stat(stores: Any, uri: str, label: str) -> ObjectInfo:

@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..errors import UsageError
+from ..errors import ShardError, UsageError, redact_uri
 from .base import ObjectInfo, RetryPolicy, Store, Upload, stream_copy
 from .bridge import PartSink, RangeFile
 
@@ -98,12 +98,19 @@ class Stores:
     async def copy(self, src: ObjectInfo, dst: str) -> tuple[ObjectInfo, bool]:
         """Copy ``src`` to ``dst``, server-side when both are on the same store that can.
 
-        Returns the new object and whether its bytes passed through this process.
+        Returns the new object and whether its bytes passed through this process; a copy whose
+        size is not the source's is a :class:`ShardError`.
         """
         source, target = self.for_uri(src.uri), self.for_uri(dst)
         if source is target:
-            return await target.copy(src, dst), not target.server_side_copy
-        return await stream_copy(source, src, target, dst), True
+            written, streamed = await target.copy(src, dst), not target.server_side_copy
+        else:
+            written, streamed = await stream_copy(source, src, target, dst), True
+        if written.size != src.size:
+            raise ShardError(
+                f"{redact_uri(dst)} holds {written.size} bytes after copying {src.size}; the store lost data, run again"
+            )
+        return written, streamed
 
     async def aclose(self) -> None:
         for store in self._stores.values():
