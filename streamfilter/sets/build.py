@@ -32,7 +32,7 @@ from .entries import entry_values
 from .filterfile import HEADER_READ_BYTES, describe, header_span, read_header, write_set
 from .fingerprints import FingerprintSet
 from .load import describe as describe_error
-from .load import load_keys, name_of, parse_source, text_keys
+from .load import entry_place, load_keys, name_of, parse_source, text_keys
 
 KINDS = ("bloom", "fingerprints")
 
@@ -96,16 +96,12 @@ async def _stream_text(uri: str, spec: KeySpec, stores: Stores, add: Callable[[p
             carry = piece[cut:]
             keys, lines = text_keys(piece[:cut])
             if len(keys):
-                add(entry_values(keys, spec, _where_from(uri, lines, line_base)))
+                add(entry_values(keys, spec, entry_place(uri, lines, line_base)))
             line_base += piece[:cut].count(b"\n")
     except StreamfilterError as exc:
         raise UsageError(f"cannot read {redact_uri(uri)}: {exc}") from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise UsageError(f"cannot parse {redact_uri(uri)}: {describe_error(exc)}") from None
-
-
-def _where_from(uri: str, lines: pa.Array, base: int) -> Callable[[int], str]:
-    return lambda i: f"blocklist {redact_uri(uri)}, line {base + lines[i].as_py() + 1:,}"
 
 
 async def _stream_parquet(
@@ -120,9 +116,7 @@ async def _stream_parquet(
             raise UsageError(f"--blocklist {redact_uri(uri)} has no column {column!r}; name one it has")
         row = 0
         for table in shard.row_groups([column], use_threads=True):
-            keys = as_text(table.column(column))
-            base = row
-            add(entry_values(keys, spec, lambda i, base=base: f"blocklist {redact_uri(uri)}, row {base + i + 1:,}"))
+            add(entry_values(as_text(table.column(column)), spec, entry_place(uri, None, row)))
             row += table.num_rows
 
     try:

@@ -189,13 +189,16 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}"
 
 
-def _where(uri: str, lines: pa.Array | None) -> Callable[[int], str]:
-    """Names entry ``i`` of a list for a message: its line in a text list, its row in a table."""
+def entry_place(uri: str, lines: pa.Array | None, base: int = 0) -> Callable[[int], str]:
+    """Names entry ``i`` of a list for a message: its line in a text list, its row in a table.
+
+    ``base`` counts the lines (or rows) before this piece, for lists read in pieces.
+    """
 
     def where(i: int) -> str:
         if lines is None:
-            return f"blocklist {redact_uri(uri)}, row {i + 1:,}"
-        return f"blocklist {redact_uri(uri)}, line {lines[i].as_py() + 1:,}"
+            return f"blocklist {redact_uri(uri)}, row {base + i + 1:,}"
+        return f"blocklist {redact_uri(uri)}, line {base + lines[i].as_py() + 1:,}"
 
     return where
 
@@ -222,7 +225,7 @@ async def load_keys(sources: list[str], stores: Stores, spec: KeySpec | None = N
             # An empty list is nearly always the wrong file; in allow mode it would empty every shard.
             raise UsageError(f"blocklist {redact_uri(uri)} holds no keys; check the file (and the column)")
         if spec is not None:
-            keys = entry_values(keys, spec, _where(uri, lines))
+            keys = entry_values(keys, spec, entry_place(uri, lines))
         arrays.append(keys)
     if not arrays:
         raise UsageError("no membership list: pass --blocklist FILE")
