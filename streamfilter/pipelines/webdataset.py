@@ -16,6 +16,8 @@ contiguous in the input and written as single spans.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -133,54 +135,60 @@ def filter_shard(files: ShardFiles, tools: ShardTools) -> Counts:
     """Filter one tar shard; without a sink only counts (and members larger than a read chunk go unread)."""
     keys = SidecarKeys(files, tools) if tools.sidecar == "parquet" else JsonKeys(files, tools)
     reader = TarReader(files.source, files.name)
-    writer = TarWriter(files.sink) if files.sink is not None else None
     counts = Counts(members_in=0, members_out=0, unkeyed=0)
+    if files.sink is None:
+        for _ in kept_runs(reader, keys, counts, tools):
+            pass
+        return counts
+    writer = TarWriter(files.sink)
+    for start, end in kept_runs(reader, keys, counts, tools):
+        reader.copy(start, end, writer.write)
+    writer.close()
+    return counts
+
+
+def kept_runs(
+    reader: TarReader, keys: JsonKeys | SidecarKeys, counts: Counts, tools: ShardTools
+) -> Iterator[tuple[int, int]]:
+    """The byte ranges of the kept samples, adjacent ones merged, decided a batch at a time.
+
+    A range's bytes stay readable through ``reader`` until the generator is resumed: the
+    batch is released only after its last range was taken. ``counts`` is kept up to date.
+    """
     batch: list[Sample] = []
     for sample in reader.samples(meta=keys.meta):
         batch.append(sample)
         if len(batch) >= BATCH_SAMPLES or reader.held_bytes >= BATCH_BYTES:
-            _flush(batch, keys, reader, writer, counts, tools)
+            yield from _decide(batch, keys, reader, counts, tools)
             batch = []
     if batch:
-        _flush(batch, keys, reader, writer, counts, tools)
-    if writer is not None:
-        writer.close()
-    return counts
+        yield from _decide(batch, keys, reader, counts, tools)
 
 
-def _flush(
-    batch: list[Sample],
-    keys: JsonKeys | SidecarKeys,
-    reader: TarReader,
-    writer: TarWriter | None,
-    counts: Counts,
-    tools: ShardTools,
-) -> None:
+def _decide(
+    batch: list[Sample], keys: JsonKeys | SidecarKeys, reader: TarReader, counts: Counts, tools: ShardTools
+) -> Iterator[tuple[int, int]]:
     tools.check_cancelled(reader.name)
     reader.verify()  # decide nothing on a corrupt header
     keep, unkeyed = keys.decide(batch)
-    rows = kept_rows = members = kept_members = 0
-    run_start = run_end = -1
+    rows_before = counts.rows_in
+    run: tuple[int, int] | None = None
     for sample, kept in zip(batch, keep.tolist(), strict=True):
-        members += sample.members
+        counts.members_in += sample.members  # type: ignore[operator]
         if not sample.structural:
-            rows += 1
-            kept_rows += kept
+            counts.rows_in += 1
+            counts.rows_out += kept
         if not kept:
             continue
-        kept_members += sample.members
-        if writer is not None:
-            if sample.start != run_end:
-                if run_end > run_start:
-                    reader.copy(run_start, run_end, writer.write)
-                run_start = sample.start
-            run_end = sample.end
-    if writer is not None and run_end > run_start:
-        reader.copy(run_start, run_end, writer.write)
-    counts.rows_in += rows
-    counts.rows_out += kept_rows
-    counts.members_in += members  # type: ignore[operator]
-    counts.members_out += kept_members  # type: ignore[operator]
+        counts.members_out += sample.members  # type: ignore[operator]
+        if run is not None and run[1] == sample.start:
+            run = (run[0], sample.end)
+        else:
+            if run is not None:
+                yield run
+            run = (sample.start, sample.end)
+    if run is not None:
+        yield run
     counts.unkeyed += unkeyed  # type: ignore[operator]
-    tools.progress.add(rows, batch[-1].end - batch[0].start)
+    tools.progress.add(counts.rows_in - rows_before, batch[-1].end - batch[0].start)
     reader.release(batch[-1].end)
