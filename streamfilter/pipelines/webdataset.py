@@ -74,13 +74,35 @@ class JsonKeys:
         return keep, unkeyed
 
 
+def sidecar_rows(table: pa.Table, drop: pa.Array, sidecar: str) -> tuple[list[str], list[str]]:
+    """The sample keys a sidecar table names, and those of its rows to ``drop``."""
+    try:
+        keys = table.column("key").cast(pa.large_string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise ShardError(f"{sidecar}: its 'key' column is not text; check the Parquet") from None
+    return keys.drop_null().to_pylist(), keys.filter(drop).drop_null().to_pylist()
+
+
 class SidecarKeys:
     """Keys through the img2dataset Parquet beside the tar: its ``key`` column names the samples."""
 
     meta: str | None = None
 
-    def __init__(self, files: ShardFiles, tools: ShardTools) -> None:
-        self.name, self.tools = files.name, tools
+    def __init__(self, name: str, tools: ShardTools, known: list[str], removed: list[str], sidecar: str) -> None:
+        """From the sidecar's keys (``known``) and those of the rows the rule removes; a key twice is an error."""
+        self.name, self.tools = name, tools
+        self.known = set(known)
+        if len(self.known) != len(known):
+            seen: set[str] = set()
+            twice = next(k for k in known if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+            raise ShardError(
+                f"{sidecar}: key {twice!r} is on more than one row, so rows cannot be told apart; fix the Parquet"
+            )
+        self.removed = set(removed)
+
+    @classmethod
+    def read(cls, files: ShardFiles, tools: ShardTools) -> SidecarKeys:
+        """Read the sidecar beside ``files``: only ``key`` and the key columns."""
         rule = tools.rule
         sidecar = sibling(files.name, ".parquet")
         try:
@@ -99,21 +121,10 @@ class SidecarKeys:
         removed: list[str] = []
         for table in shard.row_groups(columns, use_threads=False):
             tools.check_cancelled(files.name)
-            drop = pc.invert(rule.keep_mask(table, sidecar).fill_null(True))
-            try:
-                keys = table.column("key").cast(pa.large_string())
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                raise ShardError(f"{sidecar}: its 'key' column is not text; check the Parquet") from None
-            known += keys.drop_null().to_pylist()
-            removed += keys.filter(drop).drop_null().to_pylist()
-        self.known = set(known)
-        if len(self.known) != len(known):
-            seen: set[str] = set()
-            twice = next(k for k in known if k in seen or seen.add(k))  # type: ignore[func-returns-value]
-            raise ShardError(
-                f"{sidecar}: key {twice!r} is on more than one row, so rows cannot be told apart; fix the Parquet"
-            )
-        self.removed = set(removed)
+            table_known, table_removed = sidecar_rows(table, pc.invert(rule.keep_mask(table, sidecar)), sidecar)
+            known += table_known
+            removed += table_removed
+        return cls(files.name, tools, known, removed, sidecar)
 
     def decide(self, batch: list[Sample]) -> tuple[np.ndarray, int]:
         keep = np.ones(len(batch), bool)
@@ -133,7 +144,10 @@ class SidecarKeys:
 
 def filter_shard(files: ShardFiles, tools: ShardTools) -> Counts:
     """Filter one tar shard; without a sink only counts (and members larger than a read chunk go unread)."""
-    keys = SidecarKeys(files, tools) if tools.sidecar == "parquet" else JsonKeys(files, tools)
+    # An img2dataset set hands over the sidecar keys it already read with its decision.
+    keys = files.state.get("sidecar_keys")
+    if keys is None:
+        keys = SidecarKeys.read(files, tools) if tools.sidecar == "parquet" else JsonKeys(files, tools)
     reader = TarReader(files.source, files.name)
     counts = Counts(members_in=0, members_out=0, unkeyed=0)
     if files.sink is None:
