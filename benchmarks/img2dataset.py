@@ -58,7 +58,6 @@ import os
 import platform
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -68,7 +67,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from countingproxy import CountingProxy  # a sibling module: the script directory is on sys.path
+from loopback import MIB, S3_KEY_ID, S3_REGION, S3_SECRET, CountingProxy, MotoServer  # a sibling module
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -85,10 +84,6 @@ SEED = 6
 DATA_VERSION = 1  # bump when the generator changes, so cached data is regenerated
 
 BUCKET = "bench-i2d"
-S3_KEY_ID = "benchkey"
-S3_SECRET = "benchsecret"
-S3_REGION = "us-east-1"
-MIB = 1024 * 1024
 
 # Issue 6's targets for the sparse img2dataset case.
 TARGET_MOVED_FRACTION = 0.05  # bytes read + written at the proxy over the input bytes, at most
@@ -361,69 +356,6 @@ def measure(cmd: list[str], env: dict[str, str], log_prefix: Path, timeout: floa
 # --------------------------------------------------------------------------- S3 (loopback moto) and the proxy
 
 
-class MotoServer:
-    """A moto S3 server on 127.0.0.1 in its own process (so its CPU is not the harness's)."""
-
-    def __init__(self, log: Path) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.log = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                break
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"moto server did not start; see {log}")
-            time.sleep(0.2)
-        import boto3
-        from botocore.config import Config
-
-        self.client = boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            aws_access_key_id=S3_KEY_ID,
-            aws_secret_access_key=S3_SECRET,
-            region_name=S3_REGION,
-            config=Config(max_pool_connections=16),
-        )
-
-    def cpu_s(self) -> float:
-        import psutil
-
-        times = psutil.Process(self.proc.pid).cpu_times()
-        return times.user + times.system
-
-    def keys(self, prefix: str) -> dict[str, int]:
-        out = {}
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
-            out.update({o["Key"]: o["Size"] for o in page.get("Contents", [])})
-        return out
-
-    def delete_prefix(self, prefix: str) -> None:
-        keys = list(self.keys(prefix))
-        for i in range(0, len(keys), 1000):
-            self.client.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]]})
-
-    def get(self, key: str) -> bytes:
-        return self.client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
-
-
 # --------------------------------------------------------------------------- the benchmark
 
 
@@ -449,7 +381,7 @@ class Bench:
             AWS_REGION=S3_REGION,
             AWS_EC2_METADATA_DISABLED="true",
         )
-        self.server = MotoServer(DATA / "moto.log")
+        self.server = MotoServer(DATA / "moto.log", BUCKET)
         self.proxy = CountingProxy(self.server.port)
 
     def close(self) -> None:

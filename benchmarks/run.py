@@ -35,7 +35,6 @@ import os
 import platform
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,7 +43,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from countingproxy import CountingProxy  # a sibling module: the script directory is on sys.path
+from loopback import MIB, S3_KEY_ID, S3_REGION, S3_SECRET, CountingProxy, MotoServer  # a sibling module
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -57,10 +56,6 @@ ROW_GROUP_SIZE = 122_880  # DuckDB's default row group size
 HIT_FRACTION = 0.01  # the dense case: 1% of rows, spread over every shard
 KEY_COLUMN = "url"
 BUCKET = "bench"
-S3_KEY_ID = "benchkey"
-S3_SECRET = "benchsecret"
-S3_REGION = "us-east-1"
-MIB = 1024 * 1024
 
 CASES = ("dense", "sparse")
 # Issue 6's targets.
@@ -363,68 +358,6 @@ def verify_shard(name: str, body: bytes, want: dict[str, Any], block: Any) -> st
 
 
 # --------------------------------------------------------------------------- S3 (loopback moto)
-
-
-class MotoServer:
-    """A moto S3 server on 127.0.0.1 in its own process (so its CPU is not ours)."""
-
-    def __init__(self) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.log = open(DATA / "moto.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                break
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"moto server did not start; see {DATA / 'moto.log'}")
-            time.sleep(0.2)
-        import boto3
-
-        self.client = boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            aws_access_key_id=S3_KEY_ID,
-            aws_secret_access_key=S3_SECRET,
-            region_name=S3_REGION,
-        )
-
-    def cpu_s(self) -> float:
-        import psutil
-
-        times = psutil.Process(self.proc.pid).cpu_times()
-        return times.user + times.system
-
-    def rss_mib(self) -> float:
-        import psutil
-
-        return psutil.Process(self.proc.pid).memory_info().rss / MIB
-
-    def delete_prefix(self, prefix: str) -> None:
-        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
-        for page in pages:
-            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-            if keys:
-                self.client.delete_objects(Bucket=BUCKET, Delete={"Objects": keys})
-
-    def get(self, key: str) -> bytes:
-        return self.client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
 
 
 # --------------------------------------------------------------------------- the benchmark
@@ -739,7 +672,7 @@ class Bench:
 
     def s3_phase(self, plan: list[tuple[str, dict[str, Any], list[dict[str, Any]]]]) -> None:
         print("\n== s3 (moto on 127.0.0.1): starting the server and uploading the shards", flush=True)
-        server = MotoServer()
+        server = MotoServer(DATA / "moto.log", BUCKET)
         proxy = None
         try:
             server.client.create_bucket(Bucket=BUCKET)

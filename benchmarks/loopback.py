@@ -1,14 +1,96 @@
-"""A byte-counting TCP proxy on loopback, shared by the benchmarks that talk to a moto S3 server.
+"""The loopback S3 pieces the benchmarks share: a moto server in its own process, and a
+byte-counting TCP proxy in front of it.
 
-Only the standard library: the DuckDB side virtualenv imports the benchmark scripts too.
+Only the standard library at import time: the DuckDB side virtualenv imports the benchmark scripts too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
+
+#: Credentials moto accepts (it checks none); the engines get them through the environment.
+S3_KEY_ID = "benchkey"
+S3_SECRET = "benchsecret"
+S3_REGION = "us-east-1"
+MIB = 1024 * 1024
+
+
+class MotoServer:
+    """A moto S3 server on 127.0.0.1 in its own process (so its CPU is not the harness's)."""
+
+    def __init__(self, log: Path, bucket: str) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.bucket = bucket
+        self.log_path = log
+        self.log = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                break
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"moto server did not start; see {log}")
+            time.sleep(0.2)
+        import boto3
+        from botocore.config import Config
+
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=S3_KEY_ID,
+            aws_secret_access_key=S3_SECRET,
+            region_name=S3_REGION,
+            config=Config(max_pool_connections=16),
+        )
+
+    def cpu_s(self) -> float:
+        import psutil
+
+        times = psutil.Process(self.proc.pid).cpu_times()
+        return times.user + times.system
+
+    def rss_mib(self) -> float:
+        import psutil
+
+        return psutil.Process(self.proc.pid).memory_info().rss / MIB
+
+    def keys(self, prefix: str) -> dict[str, int]:
+        """Object keys under ``prefix`` and their sizes."""
+        out = {}
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            out.update({o["Key"]: o["Size"] for o in page.get("Contents", [])})
+        return out
+
+    def delete_prefix(self, prefix: str) -> None:
+        keys = list(self.keys(prefix))
+        for i in range(0, len(keys), 1000):
+            chunk = [{"Key": k} for k in keys[i : i + 1000]]
+            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": chunk})
+
+    def get(self, key: str) -> bytes:
+        return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
 
 
 class CountingProxy:
