@@ -67,7 +67,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from loopback import MIB, S3_KEY_ID, S3_REGION, S3_SECRET, CountingProxy, MotoServer  # a sibling module
+from harness import MIB, S3_KEY_ID, S3_REGION, S3_SECRET, CountingProxy, MotoServer, measure  # a sibling module
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -311,47 +311,6 @@ def child_copy_floor(job: dict[str, Any]) -> None:
 
 # --------------------------------------------------------------------------- measuring one run
 
-#: Runs in its own small interpreter and spawns the engine, so its child's ru_maxrss is the engine's
-#: own peak (Linux keeps the high-water mark across exec; this process stays a few MiB).
-WRAPPER = """
-import json, os, signal, sys, time
-result, timeout, cmd = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
-with open("/proc/self/status") as f:
-    floor = next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
-start = time.perf_counter()
-pid = os.posix_spawnp(cmd[0], cmd, os.environ)
-signal.signal(signal.SIGALRM, lambda *_: os.kill(pid, signal.SIGKILL))
-signal.setitimer(signal.ITIMER_REAL, timeout)
-_, status, usage = os.wait4(pid, 0)
-wall = time.perf_counter() - start
-with open(result, "w") as f:
-    json.dump({"wall_s": wall, "user_s": usage.ru_utime, "sys_s": usage.ru_stime,
-               "peak_rss_kib": usage.ru_maxrss, "floor_kib": floor,
-               "returncode": os.waitstatus_to_exitcode(status)}, f)
-"""
-
-
-def measure(cmd: list[str], env: dict[str, str], log_prefix: Path, timeout: float) -> dict[str, Any]:
-    """Run ``cmd`` in a fresh process; wall time, CPU time and peak RSS from its own rusage."""
-    result = Path(f"{log_prefix}.rusage.json")
-    result.unlink(missing_ok=True)
-    with open(f"{log_prefix}.out", "wb") as out, open(f"{log_prefix}.err", "wb") as err:
-        wrapper = [sys.executable, "-S", "-c", WRAPPER, str(result), str(timeout), *cmd]
-        proc = subprocess.run(wrapper, stdout=out, stderr=err, env=env, cwd=REPO, timeout=timeout + 60)
-    stderr = Path(f"{log_prefix}.err").read_text(errors="replace").strip().splitlines()
-    if proc.returncode != 0 or not result.exists():
-        return {"wall_s": 0.0, "cpu_s": 0.0, "peak_rss_mib": 0.0, "returncode": proc.returncode or -1,
-                "stderr_tail": ["benchmark wrapper failed", *stderr[-3:]]}  # fmt: skip
-    usage = json.loads(result.read_text())
-    return {
-        "wall_s": usage["wall_s"],
-        "cpu_s": usage["user_s"] + usage["sys_s"],
-        "peak_rss_mib": usage["peak_rss_kib"] / 1024,  # Linux reports KiB
-        "rss_floor_mib": usage["floor_kib"] / 1024,
-        "returncode": usage["returncode"],
-        "stderr_tail": stderr[-3:],
-    }
-
 
 # --------------------------------------------------------------------------- S3 (loopback moto) and the proxy
 
@@ -426,7 +385,7 @@ class Bench:
         cpu_before = self.server.cpu_s()
         counts_before = self.proxy.snapshot()
         own_before = resource.getrusage(resource.RUSAGE_SELF)
-        result = measure(cmd, self.env, self.logs / tag, self.args.timeout)
+        result = measure(cmd, self.env, self.logs / tag, self.args.timeout, REPO)
         if not self.proxy.quiesce():
             self.notes.append(f"{tag}: proxy connections still open 10 s after the engine exited")
         own = resource.getrusage(resource.RUSAGE_SELF)
