@@ -93,7 +93,11 @@ class Stores:
             from .http import HttpStore
 
             return HttpStore(self._options.http_headers, self._retry)
-        raise UsageError(f"unsupported URI scheme {scheme}://; use s3://, http(s):// or a local path")
+        if scheme == "hf":
+            from .hf import HfStore
+
+            return HfStore(self._retry)
+        raise UsageError(f"unsupported URI scheme {scheme}://; use s3://, http(s)://, hf:// or a local path")
 
     async def copy(self, src: ObjectInfo, dst: str) -> tuple[ObjectInfo, bool]:
         """Copy ``src`` to ``dst``, server-side when both are on the same store that can.
