@@ -19,7 +19,7 @@ import pytest
 import xxhash
 
 from streamfilter import hashing
-from streamfilter.hashing import DIGESTS, HASH64, as_signed, digest, hash64
+from streamfilter.hashing import DIGESTS, HASH64, as_signed, digest, hash64, hash128
 
 MASK64 = 2**64 - 1
 REFERENCE = {
@@ -145,6 +145,22 @@ def test_empty_inputs(algorithm: str) -> None:
     assert hash64(pa.array([], pa.string()), algorithm).shape == (0,)
     # All-empty strings: Arrow may leave the data buffer empty or absent.
     np.testing.assert_array_equal(hash64(pa.array(["", ""]), algorithm), expected([b"", b""], algorithm))
+
+
+@pytest.mark.parametrize("typ", [pa.binary(), pa.large_string()], ids=str)
+def test_hash128_is_murmurhash3_x64_128(typ: pa.DataType) -> None:
+    """Both halves, against the reference package, for every tail length and both block paths."""
+    keys = [k for k in KEYS if pa.types.is_binary(typ)] or [t.encode() for t in TEXTS]
+    values = [k if pa.types.is_binary(typ) else k.decode() for k in keys]
+    got = hash128(pa.chunked_array([pa.array(values[:7], typ), pa.array(values[7:], typ)]))
+    assert got.shape == (len(keys), 2) and got.dtype == np.uint64
+    want = [mmh3.hash_bytes(k) for k in keys]  # h1 then h2, each little-endian
+    assert [g.astype("<u8").tobytes() for g in got] == want
+    # The first half is mmh3_64, and a null's pair is (0, 0) without disturbing its neighbours.
+    np.testing.assert_array_equal(got[:, 0], hash64(pa.array(values, typ), "mmh3_64"))
+    with_null = hash128(pa.array([values[3], None, values[4]], typ))
+    assert with_null[1].tolist() == [0, 0]
+    np.testing.assert_array_equal(with_null[[0, 2]], got[[3, 4]])
 
 
 def test_laion_style_signed_hash() -> None:
