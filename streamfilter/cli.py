@@ -139,11 +139,75 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("file", metavar="FILE", help="local path, s3:// or http(s)://")
     _add_store_flags(inspect)
 
+    _add_diff_parser(sub)
+
     demo = sub.add_parser("demo", help="generate a small shard set locally and filter it")
     demo.add_argument(
         "dir", nargs="?", default="streamfilter-demo", help="where to write (default: ./streamfilter-demo)"
     )
     return parser
+
+
+def _add_diff_parser(sub: Any) -> None:
+    diff = sub.add_parser(
+        "diff", help="list the derivative's keys that a cleaned reference lacks (an exact anti-join, any size)"
+    )
+    diff.add_argument("--reference", action="append", metavar="URI", help="reference shards: s3://, hf://, https://, …")
+    diff.add_argument("--derivative", action="append", metavar="URI", help="your shards (globs, ranges, @MANIFEST)")
+    diff.add_argument("--out", metavar="FILE", help="the removal list: FILE.parquet, or text (.gz/.zst)")
+    for prefix, side in (("", "derivative"), ("reference-", "reference")):
+        default = "" if prefix else " (default: url)"
+        fallback = " (default: the derivative's)" if prefix else ""
+        diff.add_argument(f"--{prefix}key", metavar="COL[,COL]", help=f"{side} key column(s){default}{fallback}")
+        diff.add_argument(f"--{prefix}key-separator", metavar="SEP", help=f"joins several {side} key columns")
+        diff.add_argument(f"--{prefix}normalize", choices=list(NORMALIZATIONS), help=f"{side} keys: none, strip, url")
+        diff.add_argument(f"--{prefix}key-hash", choices=list(KEY_HASHES), help=f"{side} keys' hash (default: none)")
+    diff.add_argument("--spill", metavar="PREFIX", help="spill and resume state, local or s3:// (default: OUT.spill/)")
+    diff.add_argument("--memory-budget", metavar="SIZE", help="memory for keys, e.g. 2GiB (default), 512MiB")
+    diff.add_argument("--partitions", type=int, metavar="N", help="a power of two (default: from sizes and budget)")
+    diff.add_argument("--concurrency", type=int, metavar="N", help="shards or partitions at once (default: 2)")
+    diff.add_argument("--phase", choices=["all", "partition", "resolve", "merge"], help="run one phase (default: all)")
+    diff.add_argument("--num-workers", type=int, metavar="N", help="split each phase over N workers (default 1)")
+    diff.add_argument("--worker-index", type=int, metavar="I", help="this worker (default: $JOB_COMPLETION_INDEX or 0)")
+    diff.add_argument("--overwrite", action="store_true", default=None, help="redo steps whose markers show them done")
+    diff.add_argument("--report", metavar="FILE", help="write the JSON report here (local or s3://)")
+    diff.add_argument("--executor", choices=["local", "ray"], help="run the steps here (default) or as Ray tasks")
+    diff.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to join (default: start a local one)")
+    _add_store_flags(diff)
+    diff.add_argument("--retries", type=int, metavar="N", help="attempts after the first for a transient failure (5)")
+    diff.add_argument("--retry-max-seconds", type=float, metavar="S", help="cap on one backoff sleep (20)")
+    diff.add_argument("--config", metavar="FILE.toml", help="options from TOML; flags given here win")
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from .diff import build_diff_spec, diff
+
+    report = diff(build_diff_spec(_options(args)))
+    for failure in report.get("failures", [])[:20]:
+        print(f"failed {failure}", file=sys.stderr)
+    if not report["ok"]:
+        print(
+            f"streamfilter: diff incomplete: {len(report['failures'])} step(s) failed; the rest is kept, "
+            "fix the cause and rerun the same command to finish",
+            file=sys.stderr,
+        )
+        return 1
+    print(_diff_summary(report))
+    return 0
+
+
+def _diff_summary(report: dict) -> str:
+    phase = report["phase"]
+    if phase == "partition":
+        return f"partition phase done ({report['partitions']} partitions); run --phase resolve next"
+    if phase == "resolve":
+        return f"resolve phase done ({report['partitions']} partitions); run one --phase merge next"
+    ref, der, rem = report["reference"], report["derivative"], report["removals"]
+    return (
+        f"reference {ref['rows']:,} keys ({ref['duplicates']:,} duplicates, {ref['null_keys']:,} null), "
+        f"derivative {der['rows']:,} keys ({der['duplicates']:,} duplicates, {der['null_keys']:,} null): "
+        f"{rem['keys']:,} keys the reference lacks ({rem['rows']:,} rows) written to {report['out']}"
+    )
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
@@ -173,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
             return _filter_command(args)
         if args.command == "report":
             return _report(args)
+        if args.command == "diff":
+            return _diff(args)
         spec = build_spec(_options(args))
         report = anyio.run(_run_until_signalled, spec, args.verbose)
     except StreamfilterError as exc:

@@ -1,0 +1,440 @@
+"""A diff from start to finish: list both sides, spill them by partition, resolve each partition, merge.
+
+Every step leaves a marker (see :mod:`.spill`), so a rerun of the same command
+skips the shards already spilled and the partitions already resolved, and static
+workers (``--phase``, ``--worker-index``) or Ray tasks can share the steps.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import anyio
+import anyio.to_thread
+import pyarrow as pa
+from anyio.from_thread import BlockingPortal
+
+from .._version import __version__
+from ..errors import ShardError, StreamfilterError, UsageError, redact_uri
+from ..plan import Shard, expand_input, worker_of
+from ..store import ObjectInfo, Stores
+from . import spill
+from .fingerprint import ALGORITHM, collision_bound
+from .partition import KEYED_SCHEMA, spill_shard
+from .progress import DiffProgress
+from .removals import encode_removals
+from .resolve import PartitionCounts, resolve_partition, rounds_for
+from .spec import DiffSpec, Side
+
+#: Input bytes -> resolve bytes, per side, for choosing the partition count before any key is read.
+#: Pessimistic (a URL column compresses to about 40 bytes a row): a partition that still turns out
+#: larger than its share is resolved in rounds, so a wrong guess costs time, never memory.
+REFERENCE_EXPANSION = 2
+DERIVATIVE_EXPANSION = 4
+MAX_PARTITIONS = 65536
+#: Concurrent small requests (stats, markers) when listing what is done.
+_META_CONCURRENCY = 32
+
+
+@dataclass
+class Context:
+    spec: DiffSpec
+    stores: Stores
+    portal: BlockingPortal
+    partitions: int
+    progress: DiffProgress
+    #: Spill bytes this process wrote.
+    written: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def root(self) -> str:
+        return self.spec.spill
+
+    def side_digest(self, side: Side) -> str:
+        """What one side's spill depends on besides its inputs: a marker with another digest is stale."""
+        depends = {"layout": spill.LAYOUT_VERSION, "fingerprint": ALGORITHM, "partitions": self.partitions}
+        return spill.digest({**depends, "side": side.name, "key": side.key.to_dict()})
+
+    async def put(self, uri: str, data: bytes) -> None:
+        await self.stores.for_uri(uri).put(uri, data, confirm=False)
+        self.written += len(data)
+
+
+def choose_partitions(reference_bytes: int, derivative_bytes: int, budget: int) -> int:
+    """The smallest power of two whose partitions should each resolve within ``budget``."""
+    need = REFERENCE_EXPANSION * reference_bytes + DERIVATIVE_EXPANSION * derivative_bytes
+    partitions = 1
+    while partitions < MAX_PARTITIONS and need > partitions * budget:
+        partitions *= 2
+    return partitions
+
+
+async def _gather(items: list, fn: Callable[..., Awaitable], limit: int) -> list:
+    results: list = [None] * len(items)
+    limiter = anyio.CapacityLimiter(limit)
+
+    async def one(i: int) -> None:
+        async with limiter:
+            results[i] = await fn(items[i])
+
+    async with anyio.create_task_group() as tg:
+        for i in range(len(items)):
+            tg.start_soon(one, i)
+    return results
+
+
+async def list_side(side: Side, stores: Stores) -> list[ObjectInfo]:
+    """Every Parquet shard of one side, with size and version identity."""
+    known: dict[str, ObjectInfo] = {}
+    uris: list[str] = []
+    for expr in side.inputs:
+        uris += await expand_input(expr, stores, known)
+    uris = list(dict.fromkeys(uris))
+    for uri in uris:
+        if not uri.split("?", 1)[0].lower().endswith((".parquet", ".pq")):
+            raise UsageError(f"--{side.name} {redact_uri(uri)}: diff reads Parquet shards (.parquet, .pq)")
+
+    async def info(uri: str) -> ObjectInfo:
+        return known.get(uri) or await stores.for_uri(uri).stat(uri)
+
+    try:
+        return await _gather(uris, info, _META_CONCURRENCY)
+    except ShardError as exc:
+        raise UsageError(f"--{side.name}: {exc}") from None
+
+
+async def _read_json(stores: Stores, uri: str) -> dict | None:
+    store = stores.for_uri(uri)
+    try:
+        return json.loads(await store.read_all(uri))
+    except ShardError:
+        return None
+    except ValueError:
+        return None  # a torn or foreign object under our prefix: the work is redone
+
+
+async def _markers(stores: Stores, prefix: str) -> dict[str, dict]:
+    """Every marker under ``prefix``, by file name without ``.json``."""
+    try:
+        listed = await stores.for_uri(prefix).list(prefix)
+    except ShardError:
+        return {}
+    found = [i.uri for i in listed if i.uri.endswith(".json")]
+    values = await _gather(found, lambda uri: _read_json(stores, uri), _META_CONCURRENCY)
+    return {uri.rsplit("/", 1)[1][:-5]: v for uri, v in zip(found, values, strict=True) if v is not None}
+
+
+async def open_job(spec: DiffSpec, stores: Stores, sizes: dict[str, int]) -> int:
+    """The partition count: given, or kept from an earlier run's job.json, or chosen now; job.json records it."""
+    uri = spill.job_uri(spec.spill)
+    existing = await _read_json(stores, uri)
+    partitions = spec.partitions or (existing or {}).get("partitions")
+    if not partitions:
+        if spec.phase in ("resolve", "merge"):
+            raise UsageError(f"no diff spilled under {redact_uri(spec.spill)}: run the partition phase first")
+        partitions = choose_partitions(sizes["reference"], sizes["derivative"], spec.memory_budget)
+    job = {
+        "layout": spill.LAYOUT_VERSION, "fingerprint": ALGORITHM, "partitions": partitions,
+        "reference_key": spec.reference.key.to_dict(), "derivative_key": spec.derivative.key.to_dict(),
+    }  # fmt: skip
+    if existing != job and spec.phase in ("all", "partition"):
+        await stores.for_uri(uri).put(uri, json.dumps(job, indent=2).encode(), confirm=False)
+    return partitions
+
+
+# --------------------------------------------------------------------------- phase one
+
+
+async def spill_input(ctx: Context, side: Side, info: ObjectInfo) -> dict:
+    """Spill one shard and write its marker; returns the marker."""
+    chunk = spill.chunk_id(info.uri)
+    name = redact_uri(info.uri)
+    file = ctx.stores.for_uri(info.uri).open_input(info, ctx.portal)
+    budget = ctx.spec.memory_budget
+
+    def put(object_name: str, data: bytes) -> None:
+        ctx.portal.call(ctx.put, spill.spill_uri(ctx.root, object_name), data)
+
+    def run() -> object:
+        return spill_shard(
+            file, name, side=side.name, key=side.key, chunk=chunk, partitions=ctx.partitions,
+            # A quarter of the budget per shard in flight: the buffers, the decoded row group, their copies.
+            flush_bytes=max(16 * 1024**2, budget // (4 * ctx.spec.concurrency)),
+            put=put, on_rows=lambda rows, _: ctx.progress.add_keys(rows),
+        )  # fmt: skip
+
+    try:
+        result = await anyio.to_thread.run_sync(run)
+    finally:
+        file.close()
+    marker = {
+        "input": spill.input_identity(info), "side_digest": ctx.side_digest(side), "rows": result.rows,
+        "nulls": result.nulls, "stored_bytes": result.stored_bytes,
+        "files": {str(p): files for p, files in result.files.items()},
+    }  # fmt: skip
+    await ctx.put(spill.chunk_marker_uri(ctx.root, side.name, chunk), json.dumps(marker).encode())
+    return marker
+
+
+def _valid(marker: dict | None, info: ObjectInfo, digest: str) -> bool:
+    return bool(marker) and marker.get("side_digest") == digest and marker.get("input") == spill.input_identity(info)
+
+
+async def side_markers(ctx: Context, side: Side, infos: list[ObjectInfo]) -> dict[str, dict | None]:
+    """Each input's marker if it describes this version of the input and this job, else None."""
+    found = await _markers(ctx.stores, spill.chunk_prefix(ctx.root, side.name))
+    digest = ctx.side_digest(side)
+    out: dict[str, dict | None] = {}
+    for info in infos:
+        marker = found.get(spill.chunk_id(info.uri))
+        out[info.uri] = marker if _valid(marker, info, digest) else None
+    return out
+
+
+def _mine(uri: str, spec: DiffSpec) -> bool:
+    return worker_of(Shard(uri, None, uri), spec.num_workers) == spec.worker_index
+
+
+async def partition_phase(ctx: Context, infos: dict[str, list[ObjectInfo]]) -> dict[str, int]:
+    """Spill every shard of both sides (this worker's share) that has no valid marker; counts resumed ones."""
+    todo: list[tuple[Side, ObjectInfo]] = []
+    resumed = {}
+    for side in (ctx.spec.reference, ctx.spec.derivative):
+        markers = await side_markers(ctx, side, infos[side.name])
+        mine = [i for i in infos[side.name] if _mine(i.uri, ctx.spec)]
+        fresh = [i for i in mine if ctx.spec.overwrite or markers[i.uri] is None]
+        resumed[side.name] = len(mine) - len(fresh)
+        todo += [(side, i) for i in fresh]
+    ctx.progress.start("partition", len(todo))
+
+    async def one(item: tuple[Side, ObjectInfo]) -> None:
+        side, info = item
+        try:
+            marker = await spill_input(ctx, side, info)
+        except StreamfilterError as exc:
+            ctx.failures.append(f"{side.name} {redact_uri(info.uri)}: {exc}")
+            ctx.progress.step(redact_uri(info.uri), str(exc), failed=True)
+            return
+        ctx.progress.step(redact_uri(info.uri), f"{side.name}, {marker['rows']:,} keys")
+
+    if ctx.spec.executor == "ray":
+        from .ray import spill_on_ray
+
+        await spill_on_ray(ctx, todo)
+    else:
+        await _gather(todo, one, ctx.spec.concurrency)
+    ctx.progress.finish()
+    return resumed
+
+
+# --------------------------------------------------------------------------- phase two
+
+
+@dataclass
+class PartitionWork:
+    partition: int
+    reference: list[list]
+    derivative: list[list]
+    digest: str
+
+
+async def partition_work(ctx: Context, infos: dict[str, list[ObjectInfo]]) -> tuple[list[PartitionWork], dict]:
+    """What each partition's resolve reads, from the markers of both sides; every input must be spilled."""
+    files: dict[str, dict[int, list[list]]] = {}
+    sides: dict[str, dict] = {}
+    for side in (ctx.spec.reference, ctx.spec.derivative):
+        markers = await side_markers(ctx, side, infos[side.name])
+        missing = [uri for uri, m in markers.items() if m is None]
+        if missing:
+            raise UsageError(
+                f"{len(missing)} {side.name} shard(s) are not spilled yet (first: {redact_uri(missing[0])}); "
+                "run the partition phase for every worker first"
+            )
+        per: dict[int, list[list]] = {}
+        for marker in markers.values():
+            for p, entries in marker["files"].items():  # type: ignore[union-attr]
+                per.setdefault(int(p), []).extend(entries)
+        files[side.name] = per
+        sides[side.name] = {
+            "shards": len(markers),
+            "rows": sum(m["rows"] for m in markers.values()),  # type: ignore[index]
+            "null_keys": sum(m["nulls"] for m in markers.values()),  # type: ignore[index]
+            "stored_key_bytes": sum(m["stored_bytes"] for m in markers.values()),  # type: ignore[index]
+            "spill_bytes": sum(e[2] for entries in per.values() for e in entries),
+        }
+    work = []
+    for p in range(ctx.partitions):
+        ref = sorted(files["reference"].get(p, []))
+        der = sorted(files["derivative"].get(p, []))
+        digest = spill.digest([ctx.side_digest(ctx.spec.reference), ctx.side_digest(ctx.spec.derivative), ref, der])
+        work.append(PartitionWork(p, ref, der, digest))
+    return work, sides
+
+
+async def resolve_one(ctx: Context, work: PartitionWork) -> dict:
+    """Resolve one partition, write its removals and then its marker; returns the marker."""
+    budget = ctx.spec.memory_budget // ctx.spec.concurrency
+    der_key_bytes = sum(e[3] for e in work.derivative)
+    rounds = rounds_for(sum(e[1] for e in work.reference), sum(e[1] for e in work.derivative), der_key_bytes, budget)
+    sizes = {e[0]: e[2] for e in work.reference + work.derivative}
+
+    def get(name: str) -> bytes:
+        uri = spill.spill_uri(ctx.root, name)
+        return ctx.portal.call(ctx.stores.for_uri(uri).read_range, uri, 0, sizes[name])
+
+    counts, removals = await anyio.to_thread.run_sync(
+        resolve_partition, [e[0] for e in work.reference], [e[0] for e in work.derivative], get, rounds
+    )
+    ctx.progress.add_keys(counts.reference_rows + counts.derivative_rows)
+    data = spill.to_ipc(removals, compress=True)
+    await ctx.put(spill.result_uri(ctx.root, work.partition), data)
+    marker = {"digest": work.digest, "counts": counts.to_dict(), "bytes": len(data)}
+    await ctx.put(spill.result_marker_uri(ctx.root, work.partition), json.dumps(marker).encode())
+    return marker
+
+
+async def resolve_phase(ctx: Context, works: list[PartitionWork]) -> int:
+    """Resolve this worker's partitions that have no valid marker; returns how many were resumed."""
+    done = await _markers(ctx.stores, spill.results_prefix(ctx.root))
+    mine = [w for w in works if w.partition % ctx.spec.num_workers == ctx.spec.worker_index]
+    todo = [w for w in mine if ctx.spec.overwrite or (done.get(f"p{w.partition:05d}") or {}).get("digest") != w.digest]
+    ctx.progress.start("resolve", len(todo))
+
+    async def one(work: PartitionWork) -> None:
+        try:
+            marker = await resolve_one(ctx, work)
+        except StreamfilterError as exc:
+            ctx.failures.append(f"partition {work.partition}: {exc}")
+            ctx.progress.step(f"partition {work.partition}", str(exc), failed=True)
+            return
+        c = marker["counts"]
+        ctx.progress.step(f"partition {work.partition}", f"{c['removal_keys']:,} removals")
+
+    if ctx.spec.executor == "ray":
+        from .ray import resolve_on_ray
+
+        await resolve_on_ray(ctx, todo)
+    else:
+        await _gather(todo, one, ctx.spec.concurrency)
+    ctx.progress.finish()
+    return len(mine) - len(todo)
+
+
+# --------------------------------------------------------------------------- merge
+
+
+async def merge_phase(ctx: Context, works: list[PartitionWork], sides: dict) -> dict:
+    """Check every partition is resolved, write the removal list, and total the counts."""
+    done = await _markers(ctx.stores, spill.results_prefix(ctx.root))
+    markers = []
+    for work in works:
+        marker = done.get(f"p{work.partition:05d}")
+        if not marker or marker.get("digest") != work.digest:
+            raise UsageError(
+                f"partition {work.partition} of {ctx.partitions} is not resolved yet; "
+                "run the resolve phase for every worker first"
+            )
+        markers.append(marker)
+
+    async def removals(work: PartitionWork) -> pa.Table:
+        uri = spill.result_uri(ctx.root, work.partition)
+        size = done[f"p{work.partition:05d}"]["bytes"]
+        return spill.from_ipc(await ctx.stores.for_uri(uri).read_range(uri, 0, size))
+
+    tables = [t for t in await _gather(works, removals, _META_CONCURRENCY) if t.num_rows]
+    table = pa.concat_tables(tables) if tables else KEYED_SCHEMA.empty_table()
+    table = table.sort_by([("key", "ascending")]) if table.num_rows else table
+    totals = PartitionCounts(rounds=0)
+    for marker in markers:
+        for name, value in marker["counts"].items():
+            setattr(totals, name, getattr(totals, name) + value)
+    return _summary(ctx, sides, totals, table)
+
+
+def _summary(ctx: Context, sides: dict, totals: PartitionCounts, table: pa.Table) -> dict:
+    ref, der = sides["reference"], sides["derivative"]
+    ref.update(distinct=totals.reference_distinct, duplicates=totals.reference_rows - totals.reference_distinct)
+    der.update(distinct=totals.derivative_distinct, duplicates=totals.derivative_rows - totals.derivative_distinct)
+    return {
+        "reference": ref,
+        "derivative": der,
+        "removals": {"keys": totals.removal_keys, "rows": totals.removal_rows},
+        "partitions": ctx.partitions,
+        "rounds": totals.rounds,
+        "fingerprint": ALGORITHM,
+        "collision_bound": collision_bound(totals.reference_distinct, totals.derivative_distinct),
+        "_table": table,
+    }
+
+
+# --------------------------------------------------------------------------- the whole diff
+
+
+async def adiff(spec: DiffSpec, progress: DiffProgress | None = None) -> dict:
+    """Run the diff's phases that ``spec.phase`` names; returns the report (a JSON-ready dict)."""
+    stores = Stores(spec.store)
+    progress = progress or DiffProgress()
+    started = time.monotonic()
+    try:
+        infos = {side.name: await list_side(side, stores) for side in (spec.reference, spec.derivative)}
+        sizes = {name: sum(i.size for i in found) for name, found in infos.items()}
+        async with BlockingPortal() as portal:
+            partitions = await open_job(spec, stores, sizes)
+            ctx = Context(spec, stores, portal, partitions, progress)
+            report: dict = {
+                "version": __version__, "phase": spec.phase, "partitions": partitions,
+                "reference_key": spec.reference.key.to_dict(), "derivative_key": spec.derivative.key.to_dict(),
+                "fingerprint": ALGORITHM, "seconds": {},
+            }  # fmt: skip
+            if spec.phase in ("all", "partition"):
+                t = time.monotonic()
+                report["shards_resumed"] = await partition_phase(ctx, infos)
+                report["seconds"]["partition"] = round(time.monotonic() - t, 3)
+            if ctx.failures:
+                return await _failed(spec, stores, report, ctx)
+            if spec.phase in ("all", "resolve", "merge"):
+                works, sides = await partition_work(ctx, infos)
+                if spec.phase != "merge":
+                    t = time.monotonic()
+                    report["partitions_resumed"] = await resolve_phase(ctx, works)
+                    report["seconds"]["resolve"] = round(time.monotonic() - t, 3)
+                if ctx.failures:
+                    return await _failed(spec, stores, report, ctx)
+                if spec.phase in ("all", "merge"):
+                    t = time.monotonic()
+                    summary = await merge_phase(ctx, works, sides)
+                    table = summary.pop("_table")
+                    report.update(summary)
+                    metadata = {k: report[k] for k in ("reference_key", "derivative_key", "fingerprint", "removals")}
+                    data = encode_removals(table.column("key").combine_chunks(), spec.out, metadata)  # type: ignore[arg-type]
+                    await stores.for_uri(spec.out).put(spec.out, data)  # type: ignore[arg-type]
+                    report["out"] = redact_uri(spec.out)  # type: ignore[arg-type]
+                    report["seconds"]["merge"] = round(time.monotonic() - t, 3)
+            report["spill_bytes_written"] = ctx.written
+            report["seconds"]["total"] = round(time.monotonic() - started, 3)
+            report["ok"] = True
+            await _write_report(spec, stores, report)
+            return report
+    finally:
+        await stores.aclose()
+
+
+async def _failed(spec: DiffSpec, stores: Stores, report: dict, ctx: Context) -> dict:
+    """Some shards or partitions failed: the rest is kept (markers), the list is not written, rerun to finish."""
+    report.update(ok=False, failures=ctx.failures, spill_bytes_written=ctx.written)
+    await _write_report(spec, stores, report)
+    return report
+
+
+async def _write_report(spec: DiffSpec, stores: Stores, report: dict) -> None:
+    if spec.report:
+        await stores.for_uri(spec.report).put(spec.report, (json.dumps(report, indent=2) + "\n").encode())
+
+
+def diff(spec: DiffSpec, progress: DiffProgress | None = None) -> dict:
+    """Blocking form of :func:`adiff`."""
+    return anyio.run(adiff, spec, progress)
