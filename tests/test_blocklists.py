@@ -157,6 +157,16 @@ def test_several_lists_combined_on_the_cli(shard, tmp_path: Path, s3_endpoint, s
     assert_same_table(read_parquet(tmp_path / "out" / "s.parquet"), reference_filter(table, a + b + c))
 
 
+def test_a_one_column_parquet_list_needs_no_column_name(shard, tmp_path: Path) -> None:
+    """The form `diff --out removals.parquet` writes: `--blocklist removals.parquet` reads its one column."""
+    src, table = shard
+    listed = sample(table["url"], 25)
+    pq.write_table(pa.table({"key": listed}), tmp_path / "removals.parquet")
+    report = run_local(src, tmp_path / "out", str(tmp_path / "removals.parquet"))
+    assert report.shards[0].rows_removed == len(listed)
+    assert_same_table(read_parquet(tmp_path / "out" / "s.parquet"), reference_filter(table, listed))
+
+
 def test_list_overlapping_keys_of_other_columns_does_not_match(shard, tmp_path: Path) -> None:
     src, table = shard
     # Values of other columns of the shard, listed as keys: no url equals them.
@@ -175,6 +185,7 @@ def broken_lists(tmp_path: Path) -> dict[str, tuple[str, str]]:
     (tmp_path / "bad.txt.zst").write_bytes(b"\x28\xb5\x2f\xfd garbage")
     (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
     pq.write_table(pa.table({"link": ["x"]}), tmp_path / "cols.parquet")
+    pq.write_table(pa.table({"link": ["x"], "caption": ["y"]}), tmp_path / "two-cols.parquet")
     (tmp_path / "cols.csv").write_text("link\nx\n")
     (tmp_path / "not-parquet.parquet").write_bytes(b"nope")
     (tmp_path / "a-directory").mkdir()
@@ -187,7 +198,7 @@ def broken_lists(tmp_path: Path) -> dict[str, tuple[str, str]]:
         "not-utf8": (str(tmp_path / "latin1.txt"), "latin1.txt"),
         "parquet-column-missing": (f"{tmp_path}/cols.parquet:url", "has no column 'url'"),
         "csv-column-missing": (f"{tmp_path}/cols.csv:url", "has no column 'url'"),
-        "parquet-without-column": (str(tmp_path / "cols.parquet"), "name the key column"),
+        "parquet-without-column": (str(tmp_path / "two-cols.parquet"), "has 2 columns (link, caption); name the key"),
         "not-parquet": (f"{tmp_path}/not-parquet.parquet:url", "not-parquet.parquet"),
         "no-keys": (str(tmp_path / "comments-only.txt"), "comments-only.txt holds no keys"),
     }

@@ -41,11 +41,17 @@ def name_of(uri: str) -> str:
     return uri.lower()
 
 
+#: The column of a Parquet list named without one: allowed when the file has exactly one column.
+ONLY_COLUMN = ""
+
+
 def parse_source(source: str) -> tuple[str, str | None]:
     """Split ``FILE.parquet:COLUMN`` into the object and the column; text lists have none."""
     head, sep, column = source.rpartition(":")
     if sep and name_of(head).endswith(TABLE_SUFFIXES) and column and "/" not in column:
         return head, column
+    if name_of(source).endswith(".parquet"):
+        return source, ONLY_COLUMN  # a one-column Parquet list (as `diff --out` writes) needs no name
     if name_of(source).endswith(TABLE_SUFFIXES):
         raise UsageError(f"--blocklist {redact_uri(source)}: name the key column, e.g. {redact_uri(source)}:url")
     return source, None
@@ -139,7 +145,16 @@ def _missing_column(uri: str, column: str, names: list[str]) -> UsageError:
 
 def parquet_list_keys(uri: str, data: bytes, column: str) -> pa.Array:
     pf = pq.ParquetFile(pa.BufferReader(data))
-    if column not in pf.schema_arrow.names:
+    names = pf.schema_arrow.names
+    if column == ONLY_COLUMN:
+        if len(names) != 1:
+            shown = redact_uri(uri)
+            raise UsageError(
+                f"--blocklist {shown} has {len(names)} columns ({_column_names(names)}); name the key column, "
+                f"e.g. {shown}:{names[0] if names and _COLUMN_NAME.fullmatch(names[0]) else 'url'}"
+            )
+        column = names[0]
+    if column not in names:
         raise _missing_column(uri, column, pf.schema_arrow.names)
     md = pf.metadata
     declared = sum(
