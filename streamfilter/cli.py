@@ -143,8 +143,12 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="generate a small shard set locally and filter it")
     demo.add_argument(
-        "dir", nargs="?", default="streamfilter-demo", help="where to write (default: ./streamfilter-demo)"
+        "dir", nargs="?", help="where to write (default: ./streamfilter-demo, with --diff ./streamfilter-diff-demo)"
     )
+    demo.add_argument(
+        "--diff", action="store_true", help="the diff example: original, cleaned reference, derivative; diff, run"
+    )
+    demo.add_argument("--rows", type=int, default=3_000_000, help="with --diff: rows of the original (3,000,000)")
     return parser
 
 
@@ -226,10 +230,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("streamfilter").setLevel(logging.DEBUG if verbose else logging.WARNING)
     try:
         args = _parser().parse_args(argv)
+        if args.command == "demo" and args.diff:
+            from .diffdemo import run_diff_demo
+
+            return run_diff_demo(args.dir or "streamfilter-diff-demo", args.rows)
         if args.command == "demo":
             from .demo import run_demo
 
-            return run_demo(args.dir)
+            return run_demo(args.dir or "streamfilter-demo")
 
         if args.command == "verify":
             return _verify(args)

@@ -78,8 +78,12 @@ def resolve_partition(
         der = _load(derivative, get, rounds, r, KEYED_SCHEMA)
         counts.derivative_rows += der.num_rows
         counts.derivative_distinct += der.select(["hi", "lo"]).group_by(["hi", "lo"]).aggregate([]).num_rows
-        missing = der.join(ref, keys=["hi", "lo"], join_type="left anti") if ref.num_rows else der
-        del ref, der
+        # The join carries a row number, not the keys: a variable-width payload made it 9x slower (measured).
+        rows = pa.array(np.arange(der.num_rows, dtype=np.int64))
+        probe = der.select(["hi", "lo"]).append_column("row", rows)
+        absent = probe.join(ref, keys=["hi", "lo"], join_type="left anti") if ref.num_rows else probe
+        missing = der.take(absent.column("row"))
+        del ref, der, probe, absent
         counts.removal_rows += missing.num_rows
         # One row per distinct raw key: the same key always has the same fingerprint.
         distinct = missing.group_by(["key"]).aggregate([("hi", "min"), ("lo", "min")])
