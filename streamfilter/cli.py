@@ -207,6 +207,13 @@ def _diff_summary(report: dict) -> str:
     if phase == "resolve":
         return f"resolve phase done ({report['partitions']} partitions); run one --phase merge next"
     ref, der, rem = report["reference"], report["derivative"], report["removals"]
+    if report["comparison_bits"] < 128:
+        print(
+            f"streamfilter: note: keys were compared as {report['comparison_bits']}-bit values (a 64-bit hash or "
+            f"integer key); expected wrongly matched keys <= {report['collision_bound']:.2g}; compare full keys "
+            "(e.g. url) for an exact diff",
+            file=sys.stderr,
+        )
     return (
         f"reference {ref['rows']:,} keys ({ref['duplicates']:,} duplicates, {ref['null_keys']:,} null), "
         f"derivative {der['rows']:,} keys ({der['duplicates']:,} duplicates, {der['null_keys']:,} null): "

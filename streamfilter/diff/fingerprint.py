@@ -33,6 +33,8 @@ class SideKeys:
     #: The key as the shard holds it (columns joined, not normalized), as large_binary; None if not asked for.
     raw: pa.Array | None
     nulls: int
+    #: Bits of information in a comparison value: 64 for a 64-bit hash or integer key, else 128 (the fingerprint).
+    bits: int = 128
 
 
 def _as_eight_bytes(values: np.ndarray) -> pa.Array:
@@ -54,20 +56,20 @@ def _integer_column(table: pa.Table | pa.RecordBatch, key: KeySpec) -> pa.Array 
     return column.cast(pa.int64() if pa.types.is_signed_integer(column.type) else pa.uint64())
 
 
-def comparison_values(table: pa.Table | pa.RecordBatch, key: KeySpec, source: str) -> tuple[pa.Array, pa.Array]:
-    """(raw keys, comparison values as binary), both with nulls where the key is null."""
+def comparison_values(table: pa.Table | pa.RecordBatch, key: KeySpec, source: str) -> tuple[pa.Array, pa.Array, int]:
+    """(raw keys, comparison values as binary, bits a value carries), with nulls where the key is null."""
     require_columns(table.schema, key, source)
     raw = extract_keys(table, dataclasses.replace(key, normalize="none"), source)
     integers = _integer_column(table, key)
     if integers is not None:
         bits = integers.fill_null(0).to_numpy(zero_copy_only=False).view(np.uint64)
-        return raw, _with_nulls(_as_eight_bytes(bits), integers)
+        return raw, _with_nulls(_as_eight_bytes(bits), integers), 64
     hashed = hash_keys(normalize(raw, key.normalize), dataclasses.replace(key, entries="raw"))
     if pa.types.is_uint64(hashed.type):
-        return raw, _with_nulls(_as_eight_bytes(hashed.fill_null(0).to_numpy()), hashed)
+        return raw, _with_nulls(_as_eight_bytes(hashed.fill_null(0).to_numpy()), hashed), 64
     if pa.types.is_large_string(hashed.type):
         hashed = hashed.view(pa.large_binary())
-    return raw, hashed
+    return raw, hashed, 128
 
 
 def _with_nulls(values: pa.Array, like: pa.Array) -> pa.Array:
@@ -80,7 +82,7 @@ def side_keys(table: pa.Table | pa.RecordBatch, key: KeySpec, source: str, *, wi
     """Fingerprints (and raw keys) of the rows whose key is not null: null keys never match."""
     from ..hashing import hash128  # numba: imported by the processes that fingerprint only
 
-    raw, values = comparison_values(table, key, source)
+    raw, values, bits = comparison_values(table, key, source)
     nulls = values.null_count
     if nulls:
         valid = pc.is_valid(values)
@@ -88,13 +90,15 @@ def side_keys(table: pa.Table | pa.RecordBatch, key: KeySpec, source: str, *, wi
     raw_bytes = None
     if with_raw:
         raw_bytes = raw.view(pa.large_binary()) if pa.types.is_large_string(raw.type) else raw.cast(pa.large_binary())
-    return SideKeys(hash128(values), raw_bytes, nulls)
+    return SideKeys(hash128(values), raw_bytes, nulls, bits)
 
 
-def collision_bound(reference_keys: int, derivative_keys: int) -> float:
-    """Upper bound on the chance that any derivative key wrongly matches a reference key.
+def collision_bound(reference_keys: int, derivative_keys: int, bits: int = 128) -> float:
+    """Upper bound on the expected number of derivative keys that wrongly match a reference key.
 
     A false match needs two different values with one fingerprint: at most
-    ``reference_keys * derivative_keys`` pairs, each colliding with probability 2**-128.
+    ``reference_keys * derivative_keys`` pairs, each colliding with probability 2**-bits.
+    ``bits`` is 64 when a side compares 64-bit hashes or integers: then two different
+    keys whose hashes collide look the same, and the bound is 2**64 times larger.
     """
-    return reference_keys * derivative_keys / 2.0**128
+    return reference_keys * derivative_keys / 2.0**bits

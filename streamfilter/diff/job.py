@@ -173,7 +173,7 @@ async def spill_input(ctx: Context, side: Side, info: ObjectInfo) -> dict:
         file.close()
     marker = {
         "input": spill.input_identity(info), "side_digest": ctx.side_digest(side), "rows": result.rows,
-        "nulls": result.nulls, "stored_bytes": result.stored_bytes,
+        "nulls": result.nulls, "stored_bytes": result.stored_bytes, "bits": result.bits,
         "files": {str(p): files for p, files in result.files.items()},
     }  # fmt: skip
     await ctx.put(spill.chunk_marker_uri(ctx.root, side.name, chunk), json.dumps(marker).encode())
@@ -265,6 +265,7 @@ async def partition_work(ctx: Context, infos: dict[str, list[ObjectInfo]]) -> tu
             "null_keys": sum(m["nulls"] for m in markers.values()),  # type: ignore[index]
             "stored_key_bytes": sum(m["stored_bytes"] for m in markers.values()),  # type: ignore[index]
             "spill_bytes": sum(e[2] for entries in per.values() for e in entries),
+            "bits": min((m.get("bits", 128) for m in markers.values()), default=128),  # type: ignore[union-attr]
         }
     work = []
     for p in range(ctx.partitions):
@@ -359,14 +360,16 @@ def _summary(ctx: Context, sides: dict, totals: PartitionCounts, table: pa.Table
     ref, der = sides["reference"], sides["derivative"]
     ref.update(distinct=totals.reference_distinct, duplicates=totals.reference_rows - totals.reference_distinct)
     der.update(distinct=totals.derivative_distinct, duplicates=totals.derivative_rows - totals.derivative_distinct)
+    bits = min(ref.pop("bits"), der.pop("bits"))
     return {
         "reference": ref,
         "derivative": der,
+        "comparison_bits": bits,
         "removals": {"keys": totals.removal_keys, "rows": totals.removal_rows},
         "partitions": ctx.partitions,
-        "rounds": totals.rounds,
+        "resolve_rounds": totals.rounds,
         "fingerprint": ALGORITHM,
-        "collision_bound": collision_bound(totals.reference_distinct, totals.derivative_distinct),
+        "collision_bound": collision_bound(totals.reference_distinct, totals.derivative_distinct, bits),
         "_table": table,
     }
 

@@ -69,6 +69,8 @@ class ShardSpill:
     rows: int = 0
     nulls: int = 0
     stored_bytes: int = 0
+    #: 64 if any comparison value was a 64-bit hash or integer, else 128.
+    bits: int = 128
     #: partition -> [[object name, rows, stored bytes, bytes in memory], ...]
     files: dict[int, list[list]] = field(default_factory=dict)
 
@@ -111,6 +113,7 @@ def spill_shard(
         keys = side_keys(table, key, name, with_raw=keyed)
         result.rows += len(keys.fingerprints)
         result.nulls += keys.nulls
+        result.bits = min(result.bits, keys.bits)
         start, end = row_group_span(shard.metadata, i, columns)
         result.stored_bytes += end - start
         on_rows(table.num_rows, end - start)
