@@ -42,12 +42,18 @@ class _Buffers:
     nbytes: int = 0
 
     def add(self, fingerprints: np.ndarray, raw: pa.Array | None) -> None:
-        part = partition_of(fingerprints[:, 0], self.partitions)
-        order = np.argsort(part, kind="stable")
-        counts = np.bincount(part, minlength=self.partitions)
-        columns = {"hi": fingerprints[order, 0], "lo": fingerprints[order, 1]}
-        if self.keyed:
-            columns["key"] = raw.take(pa.array(order))  # type: ignore[union-attr]
+        if self.partitions == 1:  # nothing to route
+            counts = np.array([len(fingerprints)])
+            columns = {"hi": fingerprints[:, 0], "lo": fingerprints[:, 1]}
+            if self.keyed:
+                columns["key"] = raw
+        else:
+            part = partition_of(fingerprints[:, 0], self.partitions)
+            order = np.argsort(part, kind="stable")
+            counts = np.bincount(part, minlength=self.partitions)
+            columns = {"hi": fingerprints[order, 0], "lo": fingerprints[order, 1]}
+            if self.keyed:
+                columns["key"] = raw.take(pa.array(order))  # type: ignore[union-attr]
         table = pa.table(columns, schema=KEYED_SCHEMA if self.keyed else FINGERPRINT_SCHEMA)
         start = 0
         for p in np.flatnonzero(counts).tolist():
