@@ -378,15 +378,9 @@ def test_multi_column_key_with_separator(sides: Sides, tmp_path: Path, capsys) -
         assert_same_table(read_parquet(tmp_path / "out" / path.name), source.take(keep))
 
 
-EMPTY_SEPARATOR_BUG = (
-    "streamfilter/diff/spec.py _key(): `opts.get(f'{prefix}key_separator') or '\\t'` turns an explicit empty "
-    "--reference-key-separator '' (LAION's hash = mmh3_64(url + caption)) into a tab"
-)
-
-
 @pytest.mark.parametrize(
     "separator",
-    [pytest.param("", marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=EMPTY_SEPARATOR_BUG)), "|"],
+    ["", "|"],
 )
 def test_int64_hash_column_against_mmh3_64_of_the_reference(tmp_path: Path, separator: str, capsys) -> None:
     def laion_hash(url: str, caption: str) -> int:
@@ -551,19 +545,10 @@ def test_resume_rerun_changed_shard_deleted_list_and_overwrite(sides: Sides, tmp
     capsys.readouterr()
 
 
-STALE_PARTITION_BUG = (
-    "streamfilter/diff/job.py partition_work(): a partition's digest covers only the spill entries "
-    "[name, rows, stored bytes, bytes in memory] and the key specs, not the versions of the inputs; a shard "
-    "rewritten with as many rows (and, on the derivative side, keys of the same lengths) spills objects of the "
-    "same names and sizes, so the partition's stale result is resumed and the list is wrong"
-)
-
-
 def fixed_url(i: int) -> str:
     return f"https://cdn.example.com/a/{i:06d}.jpg"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=STALE_PARTITION_BUG)
 @pytest.mark.parametrize("side", ["reference", "derivative"])
 def test_a_shard_rewritten_with_as_many_rows_is_resolved_again(tmp_path: Path, side: str, capsys) -> None:
     ref = write_shard(tmp_path / "ref.parquet", pa.table({"url": [fixed_url(i) for i in range(1000)]}))
@@ -648,21 +633,12 @@ def test_phase_all_with_several_workers_is_refused(sides: Sides, tmp_path: Path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 
-PORTAL_BUG = (
-    "streamfilter/diff/job.py adiff(): a UsageError raised inside `async with BlockingPortal()` (open_job, "
-    "partition_work, merge_phase, encode_removals) leaves the portal's task group as an ExceptionGroup, which "
-    "cli.main does not catch: a traceback instead of exit 2 and one line"
-)
-
-
-@pytest.mark.xfail(strict=True, raises=ExceptionGroup, reason=PORTAL_BUG)
 def test_resolve_before_any_partition_is_refused(sides: Sides, tmp_path: Path, capsys) -> None:
     assert diff(sides.args(tmp_path / "rm.txt", "--phase", "resolve")) == 2
     assert "run the partition phase first" in one_error_line(capsys.readouterr().err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 
-@pytest.mark.xfail(strict=True, raises=ExceptionGroup, reason=PORTAL_BUG)
 def test_resolve_before_every_worker_partitioned_is_refused(sides: Sides, tmp_path: Path, capsys) -> None:
     base = sides.args(tmp_path / "rm.txt", "--partitions", "8", "--num-workers", "2")
     assert diff([*base, "--phase", "partition", "--worker-index", "0"]) == 0
@@ -672,7 +648,6 @@ def test_resolve_before_every_worker_partitioned_is_refused(sides: Sides, tmp_pa
     assert not (tmp_path / "rm.txt.spill" / "results").exists()
 
 
-@pytest.mark.xfail(strict=True, raises=ExceptionGroup, reason=PORTAL_BUG)
 def test_merge_before_every_partition_is_resolved_is_refused(sides: Sides, tmp_path: Path, capsys) -> None:
     base = sides.args(tmp_path / "rm.txt", "--partitions", "8", "--num-workers", "2")
     for phase, worker in (("partition", "0"), ("partition", "1"), ("resolve", "0")):
@@ -745,14 +720,6 @@ def test_reference_over_http_with_a_bearer_token(
         assert HTTP_TOKEN not in text
 
 
-LISTING_BUG = (
-    "streamfilter/diff/job.py list_side(): `except ShardError` around `_gather(uris, info, ...)` never matches, "
-    "because the anyio task group in _gather raises an ExceptionGroup; a reference that cannot be stat'ed "
-    "(HTTP 401, a missing object) ends in a traceback instead of exit 2 naming --reference"
-)
-
-
-@pytest.mark.xfail(strict=True, raises=ExceptionGroup, reason=LISTING_BUG)
 def test_reference_over_http_without_the_token_is_refused(http_server, sides: Sides, tmp_path: Path, capsys) -> None:
     served, base = http_server.dir(private=True)
     (served / "ref.parquet").write_bytes(sides.reference[0].read_bytes())
@@ -848,14 +815,6 @@ def test_usage_errors_exit_2_with_one_line_and_write_nothing(
     assert sorted(p for p in tmp_path.rglob("*")) == before
 
 
-ZERO_DEFAULTS_BUG = (
-    "streamfilter/diff/spec.py build_diff_spec(): `opts.get('concurrency') or DEFAULT_CONCURRENCY` and "
-    "`opts.get('num_workers') or 1` turn an explicit 0 into the default before DiffSpec validates it, so "
-    "`--concurrency 0` / `--num-workers 0` run (and write the list) where `run` refuses them with exit 2"
-)
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=ZERO_DEFAULTS_BUG)
 @pytest.mark.parametrize("flag", ["--concurrency", "--num-workers"])
 def test_zero_concurrency_or_workers_is_refused(sides: Sides, tmp_path: Path, flag: str, capsys) -> None:
     assert diff(sides.args(tmp_path / "rm.txt", flag, "0")) == 2
@@ -874,7 +833,6 @@ def unsafe_sides(tmp_path: Path, bad: str) -> tuple[Sides, list[str]]:
     return Sides([ref], [der]), der_urls
 
 
-@pytest.mark.xfail(strict=True, raises=ExceptionGroup, reason=PORTAL_BUG)
 @pytest.mark.parametrize("bad", UNSAFE_KEYS)
 def test_text_list_refuses_keys_text_cannot_carry(tmp_path: Path, bad: str, capsys) -> None:
     sides, _ = unsafe_sides(tmp_path, bad)
@@ -909,19 +867,19 @@ TEXT_UNSAFE += ["a\u2028b", "a\u2029b", " a", "a ", "a\t", "\u3000a", "#a", "", 
 
 @pytest.mark.parametrize("bad", TEXT_UNSAFE)
 def test_the_text_encoder_refuses_what_the_text_loader_would_change(bad: str | bytes) -> None:
-    """The refusal itself (its exit 2 is lost to the portal bug above): every key text cannot carry as it is."""
+    """The refusal itself every key text cannot carry as it is."""
     keys = pa.array(["https://a.example/ok", bad], pa.large_binary() if isinstance(bad, bytes) else pa.large_string())
     with pytest.raises(UsageError, match=r"name a \.parquet file instead"):
-        encode_removals(keys, "removals.txt", {})
+        encode_removals(keys, "removals.txt", "spill/", {})
 
 
 def test_the_text_encoder_keeps_keys_text_can_carry(tmp_path: Path, capsys) -> None:
     """Tabs, inner spaces, a '#' after the start and non-ASCII survive a text list and `run --blocklist` reads them."""
     keys = sorted(["a\tb", "a b", "x#y", "ü/é.jpg", "https://a.example/%20x?q=1&r=#frag"])
     for name in ("rm.txt", "rm.txt.gz", "rm.txt.zst"):
-        data = encode_removals(pa.array(keys, pa.large_string()), name, {})
+        data = encode_removals(pa.array(keys, pa.large_string()), name, "spill/", {})
         assert read_list(name, data) == keys
-    (tmp_path / "rm.txt").write_bytes(encode_removals(pa.array(keys, pa.large_string()), "rm.txt", {}))
+    (tmp_path / "rm.txt").write_bytes(encode_removals(pa.array(keys, pa.large_string()), "rm.txt", "spill/", {}))
     urls = [*keys, "kept", None]
     write_shard(tmp_path / "in" / "s.parquet", pa.table({"URL": urls}))
     argv = ["run", str(tmp_path / "in" / "s.parquet"), "--output", str(tmp_path / "out"),

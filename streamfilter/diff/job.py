@@ -74,16 +74,27 @@ def choose_partitions(reference_bytes: int, derivative_bytes: int, budget: int) 
 
 
 async def _gather(items: list, fn: Callable[..., Awaitable], limit: int) -> list:
+    """``fn`` over ``items``, ``limit`` at a time; the first failure is re-raised as itself.
+
+    A task group would wrap it in an ExceptionGroup, which the CLI's one-line error
+    handling does not catch; the other calls finish first (they are short requests).
+    """
     results: list = [None] * len(items)
+    errors: list[Exception] = []
     limiter = anyio.CapacityLimiter(limit)
 
     async def one(i: int) -> None:
         async with limiter:
-            results[i] = await fn(items[i])
+            try:
+                results[i] = await fn(items[i])
+            except Exception as exc:
+                errors.append(exc)
 
     async with anyio.create_task_group() as tg:
         for i in range(len(items)):
             tg.start_soon(one, i)
+    if errors:
+        raise errors[0]
     return results
 
 
@@ -246,6 +257,7 @@ async def partition_work(ctx: Context, infos: dict[str, list[ObjectInfo]]) -> tu
     """What each partition's resolve reads, from the markers of both sides; every input must be spilled."""
     files: dict[str, dict[int, list[list]]] = {}
     sides: dict[str, dict] = {}
+    identities: list[dict | None] = []
     for side in (ctx.spec.reference, ctx.spec.derivative):
         markers = await side_markers(ctx, side, infos[side.name])
         missing = [uri for uri, m in markers.items() if m is None]
@@ -254,6 +266,7 @@ async def partition_work(ctx: Context, infos: dict[str, list[ObjectInfo]]) -> tu
                 f"{len(missing)} {side.name} shard(s) are not spilled yet (first: {redact_uri(missing[0])}); "
                 "run the partition phase for every worker first"
             )
+        identities += markers.values()
         per: dict[int, list[list]] = {}
         for marker in markers.values():
             for p, entries in marker["files"].items():  # type: ignore[union-attr]
@@ -267,12 +280,16 @@ async def partition_work(ctx: Context, infos: dict[str, list[ObjectInfo]]) -> tu
             "spill_bytes": sum(e[2] for entries in per.values() for e in entries),
             "bits": min((m.get("bits", 128) for m in markers.values()), default=128),  # type: ignore[union-attr]
         }
+    # What every partition depends on: both key specs and the version of every input (a shard
+    # rewritten with as many rows spills objects of the same names and sizes, so names are not enough).
+    versions = [ctx.side_digest(ctx.spec.reference), ctx.side_digest(ctx.spec.derivative)]
+    versions += sorted(json.dumps(m["input"], sort_keys=True) for m in identities)  # type: ignore[index]
+    job = spill.digest(versions)
     work = []
     for p in range(ctx.partitions):
         ref = sorted(files["reference"].get(p, []))
         der = sorted(files["derivative"].get(p, []))
-        digest = spill.digest([ctx.side_digest(ctx.spec.reference), ctx.side_digest(ctx.spec.derivative), ref, der])
-        work.append(PartitionWork(p, ref, der, digest))
+        work.append(PartitionWork(p, ref, der, spill.digest([job, ref, der])))
     return work, sides
 
 
@@ -380,56 +397,61 @@ def _summary(ctx: Context, sides: dict, totals: PartitionCounts, table: pa.Table
 async def adiff(spec: DiffSpec, progress: DiffProgress | None = None) -> dict:
     """Run the diff's phases that ``spec.phase`` names; returns the report (a JSON-ready dict)."""
     stores = Stores(spec.store)
-    progress = progress or DiffProgress()
     started = time.monotonic()
+    failure: StreamfilterError | None = None
     try:
         infos = {side.name: await list_side(side, stores) for side in (spec.reference, spec.derivative)}
-        sizes = {name: sum(i.size for i in found) for name, found in infos.items()}
         async with BlockingPortal() as portal:
-            partitions = await open_job(spec, stores, sizes)
-            ctx = Context(spec, stores, portal, partitions, progress)
-            report: dict = {
-                "version": __version__, "phase": spec.phase, "partitions": partitions,
-                "reference_key": spec.reference.key.to_dict(), "derivative_key": spec.derivative.key.to_dict(),
-                "fingerprint": ALGORITHM, "seconds": {},
-            }  # fmt: skip
-            if spec.phase in ("all", "partition"):
-                t = time.monotonic()
-                report["shards_resumed"] = await partition_phase(ctx, infos)
-                report["seconds"]["partition"] = round(time.monotonic() - t, 3)
-            if ctx.failures:
-                return await _failed(spec, stores, report, ctx)
-            if spec.phase in ("all", "resolve", "merge"):
-                works, sides = await partition_work(ctx, infos)
-                if spec.phase != "merge":
-                    t = time.monotonic()
-                    report["partitions_resumed"] = await resolve_phase(ctx, works)
-                    report["seconds"]["resolve"] = round(time.monotonic() - t, 3)
-                if ctx.failures:
-                    return await _failed(spec, stores, report, ctx)
-                if spec.phase in ("all", "merge"):
-                    t = time.monotonic()
-                    summary = await merge_phase(ctx, works, sides)
-                    table = summary.pop("_table")
-                    report.update(summary)
-                    metadata = {k: report[k] for k in ("reference_key", "derivative_key", "fingerprint", "removals")}
-                    data = encode_removals(table.column("key").combine_chunks(), spec.out, metadata)  # type: ignore[arg-type]
-                    await stores.for_uri(spec.out).put(spec.out, data)  # type: ignore[arg-type]
-                    report["out"] = redact_uri(spec.out)  # type: ignore[arg-type]
-                    report["seconds"]["merge"] = round(time.monotonic() - t, 3)
-            report["spill_bytes_written"] = ctx.written
-            report["seconds"]["total"] = round(time.monotonic() - started, 3)
-            report["ok"] = True
-            await _write_report(spec, stores, report)
-            return report
+            try:
+                partitions = await open_job(spec, stores, {n: sum(i.size for i in f) for n, f in infos.items()})
+                ctx = Context(spec, stores, portal, partitions, progress or DiffProgress())
+                report = await _phases(ctx, infos)
+            except StreamfilterError as exc:
+                failure = exc  # raised outside the portal's task group, which would wrap it in an ExceptionGroup
+        if failure is not None:
+            raise failure
+        report["spill_bytes_written"] = ctx.written
+        report["seconds"]["total"] = round(time.monotonic() - started, 3)
+        report["ok"] = not ctx.failures
+        if ctx.failures:
+            report["failures"] = ctx.failures
+        await _write_report(spec, stores, report)
+        return report
     finally:
         await stores.aclose()
 
 
-async def _failed(spec: DiffSpec, stores: Stores, report: dict, ctx: Context) -> dict:
-    """Some shards or partitions failed: the rest is kept (markers), the list is not written, rerun to finish."""
-    report.update(ok=False, failures=ctx.failures, spill_bytes_written=ctx.written)
-    await _write_report(spec, stores, report)
+async def _phases(ctx: Context, infos: dict[str, list[ObjectInfo]]) -> dict:
+    """The phases ``--phase`` names, in order; stops after one with failures (the rest would be wrong)."""
+    spec = ctx.spec
+    report: dict = {
+        "version": __version__, "phase": spec.phase, "partitions": ctx.partitions,
+        "reference_key": spec.reference.key.to_dict(), "derivative_key": spec.derivative.key.to_dict(),
+        "fingerprint": ALGORITHM, "seconds": {},
+    }  # fmt: skip
+    if spec.phase in ("all", "partition"):
+        t = time.monotonic()
+        report["shards_resumed"] = await partition_phase(ctx, infos)
+        report["seconds"]["partition"] = round(time.monotonic() - t, 3)
+    if ctx.failures or spec.phase == "partition":
+        return report
+    works, sides = await partition_work(ctx, infos)
+    if spec.phase != "merge":
+        t = time.monotonic()
+        report["partitions_resumed"] = await resolve_phase(ctx, works)
+        report["seconds"]["resolve"] = round(time.monotonic() - t, 3)
+    if ctx.failures or spec.phase == "resolve":
+        return report
+    t = time.monotonic()
+    summary = await merge_phase(ctx, works, sides)
+    table = summary.pop("_table")
+    report.update(summary)
+    metadata = {k: report[k] for k in ("reference_key", "derivative_key", "fingerprint", "removals")}
+    out: str = spec.out  # type: ignore[assignment]
+    data = encode_removals(table.column("key").combine_chunks(), out, spec.spill, metadata)
+    await ctx.stores.for_uri(out).put(out, data)
+    report["out"] = redact_uri(out)
+    report["seconds"]["merge"] = round(time.monotonic() - t, 3)
     return report
 
 

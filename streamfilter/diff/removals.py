@@ -47,7 +47,7 @@ def _as_text(keys: pa.Array) -> pa.Array | None:
         return None
 
 
-def encode_removals(keys: pa.Array, out: str, metadata: dict) -> bytes:
+def encode_removals(keys: pa.Array, out: str, spill: str, metadata: dict) -> bytes:
     """The bytes of the list at ``out``: Parquet by extension, else text (optionally compressed)."""
     lower = name_of(out)
     text = _as_text(keys)
@@ -60,7 +60,8 @@ def encode_removals(keys: pa.Array, out: str, metadata: dict) -> bytes:
     if text is None or (len(text) and not _text_safe(text)):
         raise UsageError(
             f"--out {redact_uri(out)}: some keys cannot be written one a line (line breaks, surrounding "
-            "whitespace, a leading '#' or non-UTF-8 bytes); name a .parquet file instead"
+            f"whitespace, a leading '#' or non-UTF-8 bytes); name a .parquet file instead, with --spill "
+            f"{redact_uri(spill)} to reuse the work done"
         )
     body = "".join(f"{k}\n" for k in text.to_pylist()).encode("utf-8")
     if lower.endswith(".gz"):

@@ -95,13 +95,18 @@ def parse_size(text: str | int) -> int:
         raise UsageError(f"--memory-budget {text!r}: expected a size such as 2GiB or 512MiB") from None
 
 
-def _key(opts: dict[str, Any], prefix: str, default_column: str) -> KeySpec:
-    columns = opts.get(f"{prefix}key") or default_column
+def _given(value: Any, default: Any) -> Any:
+    """``value`` unless it is unset: an empty separator or a zero is a choice, not a default."""
+    return default if value is None else value
+
+
+def _key(opts: dict[str, Any], default_column: str) -> KeySpec:
+    columns = _given(opts.get("key"), default_column)
     return KeySpec(
-        tuple(c.strip() for c in str(columns).split(",")),
-        opts.get(f"{prefix}key_separator") or "\t",
-        opts.get(f"{prefix}normalize") or "none",
-        opts.get(f"{prefix}key_hash") or "none",
+        tuple(c.strip() for c in (columns.split(",") if isinstance(columns, str) else columns)),
+        _given(opts.get("key_separator"), "\t"),
+        _given(opts.get("normalize"), "none"),
+        _given(opts.get("key_hash"), "none"),
     )
 
 
@@ -113,12 +118,12 @@ def _as_list(value: Any) -> tuple[str, ...]:
 
 def build_diff_spec(opts: dict[str, Any]) -> DiffSpec:
     """A DiffSpec from CLI/TOML options; the reference's key options fall back to the derivative's."""
-    derivative_key = _key(opts, "", "url")
+    derivative_key = _key(opts, "url")
     reference_opts = {
         name: opts.get(f"reference_{name}") if opts.get(f"reference_{name}") is not None else opts.get(name)
         for name in ("key", "key_separator", "normalize", "key_hash")
     }
-    reference_key = _key(reference_opts, "", "url")
+    reference_key = _key(reference_opts, "url")
     out = opts.get("out")
     spill = opts.get("spill") or (f"{out}.spill/" if out else None)
     if not spill:
@@ -137,11 +142,11 @@ def build_diff_spec(opts: dict[str, Any]) -> DiffSpec:
         derivative=Side("derivative", _as_list(opts.get("derivative")), derivative_key),
         out=out,
         spill=spill,
-        memory_budget=parse_size(opts.get("memory_budget") or DEFAULT_MEMORY_BUDGET),
+        memory_budget=parse_size(_given(opts.get("memory_budget"), DEFAULT_MEMORY_BUDGET)),
         partitions=opts.get("partitions"),
-        concurrency=opts.get("concurrency") or DEFAULT_CONCURRENCY,
-        phase=opts.get("phase") or "all",
-        num_workers=opts.get("num_workers") or 1,
+        concurrency=_given(opts.get("concurrency"), DEFAULT_CONCURRENCY),
+        phase=_given(opts.get("phase"), "all"),
+        num_workers=_given(opts.get("num_workers"), 1),
         worker_index=worker_index,
         overwrite=bool(opts.get("overwrite")),
         report=opts.get("report"),
