@@ -778,15 +778,16 @@ def project(costs: dict[str, Any], workers: tuple[int, ...]) -> dict[str, Any]:
     mkeys = (r + d) / 1e6
     ref_bytes = costs["input_bytes_per_key"]["reference"] * r
     der_bytes = costs["input_bytes_per_key"]["derivative"] * d
-    partitions = choose_partitions(int(ref_bytes), int(der_bytes), DEFAULT_MEMORY_BUDGET)
-    # Rounds per partition as resolve_one computes them; a derivative row's in-memory bytes (hi, lo, the key's
-    # large_binary offset and bytes) from the spill: its spill bytes less the 16-byte fingerprint are the lz4 key,
-    # so the raw key's bytes are estimated from the generated urls' mean length instead.
+    # A derivative key's bytes in memory (its large_binary offset and bytes), from the generated urls' mean length:
+    # its spill bytes less the 16-byte fingerprint are the lz4-compressed key, not the key.
     mean_url = costs["mean_url_bytes"]
+    # As `streamfilter diff` chooses them: partitions resolved DEFAULT_CONCURRENCY at a time within the budget.
+    share = DEFAULT_MEMORY_BUDGET // DEFAULT_CONCURRENCY
+    partitions = choose_partitions(r, d, int(d * (8 + mean_url)), share)
     rounds = rounds_for(
         r // partitions,
         d // partitions,
-        int(d // partitions * (24 + mean_url)),
+        int(d // partitions * (8 + mean_url)),
         DEFAULT_MEMORY_BUDGET // DEFAULT_CONCURRENCY,
     )
     cpu = {p: costs["cpu_s_per_mkey"][p] * mkeys for p in ("partition", "resolve")}
@@ -987,9 +988,9 @@ def render_projection(report: dict[str, Any]) -> list[str]:
         f"| wall on this machine ({report['machine']['nproc']} cores) | (w_p + w_r) x K' + merge "
         f"({pr['merge_wall_s']:.2f} s, as measured) | {duration(pr['wall_s_here']['total'])} |",
         f"| spill | s_R x R' + s_D x D' | {pr['spill_bytes'] / GIB:,.0f} GiB |",
-        f"| partitions at 2 GiB | smallest power of two P with 2 x b_R x R' + 4 x b_D x D' <= P x 2 GiB "
-        f"(`choose_partitions`) | {pr['partitions']:,} |",
-        f"| resolve rounds per partition | `rounds_for(R'/P, D'/P, D'/P x (24 + mean url bytes), 2 GiB / 2)` | "
+        f"| partitions at 2 GiB | smallest power of two P with 48 x R' + (128 + 8 + mean url bytes) x D' "
+        f"<= P x 2 GiB / 2 (`choose_partitions`, 2 partitions at once) | {pr['partitions']:,} |",
+        f"| resolve rounds per partition | `rounds_for(R'/P, D'/P, D'/P x (8 + mean url bytes), 2 GiB / 2)` | "
         f"{pr['rounds_per_partition']} (measured: {c['rounds']} in {c['partitions']} partition(s)) |",
         "",
         "On N workers, each like this machine (2 cores), shards split evenly in the partition phase and "

@@ -19,6 +19,7 @@ from anyio.from_thread import BlockingPortal
 
 from .._version import __version__
 from ..errors import ShardError, StreamfilterError, UsageError, redact_uri
+from ..formats.parquet import ParquetShard, row_group_bytes
 from ..plan import Shard, expand_input, worker_of
 from ..store import ObjectInfo, Stores
 from . import spill
@@ -26,14 +27,14 @@ from .fingerprint import ALGORITHM, collision_bound
 from .partition import KEYED_SCHEMA, spill_shard
 from .progress import DiffProgress
 from .removals import encode_removals
-from .resolve import PartitionCounts, resolve_partition, rounds_for
+from .resolve import PartitionCounts, resolve_bytes, resolve_partition, rounds_for
 from .spec import DiffSpec, Side
 
-#: Input bytes -> resolve bytes, per side, for choosing the partition count before any key is read.
-#: Pessimistic (a URL column compresses to about 40 bytes a row): a partition that still turns out
-#: larger than its share is resolved in rounds, so a wrong guess costs time, never memory.
-REFERENCE_EXPANSION = 2
-DERIVATIVE_EXPANSION = 4
+#: Shards per side whose footers are read to estimate its rows and key bytes, for the partition count.
+SAMPLE_SHARDS = 8
+#: Bytes a row when no footer could be read: pessimistic (a URL column alone compresses to about
+#: 30 bytes a row), and a partition that turns out larger than its share is resolved in rounds.
+FALLBACK_BYTES_PER_ROW = 16
 MAX_PARTITIONS = 65536
 #: Concurrent small requests (stats, markers) when listing what is done.
 _META_CONCURRENCY = 32
@@ -64,13 +65,42 @@ class Context:
         self.written += len(data)
 
 
-def choose_partitions(reference_bytes: int, derivative_bytes: int, budget: int) -> int:
-    """The smallest power of two whose partitions should each resolve within ``budget``."""
-    need = REFERENCE_EXPANSION * reference_bytes + DERIVATIVE_EXPANSION * derivative_bytes
+def choose_partitions(reference_rows: int, derivative_rows: int, derivative_key_bytes: int, budget: int) -> int:
+    """The smallest power of two whose partitions should each resolve in one round within ``budget``."""
+    need = resolve_bytes(reference_rows, derivative_rows, derivative_key_bytes)
     partitions = 1
     while partitions < MAX_PARTITIONS and need > partitions * budget:
         partitions *= 2
     return partitions
+
+
+async def estimate_keys(side: Side, infos: list[ObjectInfo], stores: Stores, portal: BlockingPortal) -> tuple[int, int]:
+    """(rows, key bytes) of a side, extrapolated by size from the footers of a few of its shards.
+
+    One ranged read per sampled shard, before any key is read; a wrong guess costs only rounds.
+    """
+    step = max(1, len(infos) // SAMPLE_SHARDS)
+    picks = infos[::step][:SAMPLE_SHARDS]
+    columns = list(side.key.columns)
+
+    def footer(info: ObjectInfo) -> tuple[int, int, int] | None:
+        file = stores.for_uri(info.uri).open_input(info, portal)
+        try:
+            metadata = ParquetShard(file, redact_uri(info.uri)).metadata
+        except StreamfilterError:
+            return None  # the partition phase will name it; the estimate goes on without it
+        finally:
+            file.close()
+        keys = sum(row_group_bytes(metadata, i, columns) for i in range(metadata.num_row_groups))
+        return metadata.num_rows, keys, info.size
+
+    found = [f for f in await _gather(picks, lambda i: anyio.to_thread.run_sync(footer, i), SAMPLE_SHARDS) if f]
+    total = sum(i.size for i in infos)
+    sampled = sum(f[2] for f in found)
+    if not sampled:
+        return total // FALLBACK_BYTES_PER_ROW, total
+    scale = total / sampled
+    return int(sum(f[0] for f in found) * scale), int(sum(f[1] for f in found) * scale)
 
 
 async def _gather(items: list, fn: Callable[..., Awaitable], limit: int) -> list:
@@ -139,7 +169,7 @@ async def _markers(stores: Stores, prefix: str) -> dict[str, dict]:
     return {uri.rsplit("/", 1)[1][:-5]: v for uri, v in zip(found, values, strict=True) if v is not None}
 
 
-async def open_job(spec: DiffSpec, stores: Stores, sizes: dict[str, int]) -> int:
+async def open_job(spec: DiffSpec, stores: Stores, portal: BlockingPortal, infos: dict[str, list[ObjectInfo]]) -> int:
     """The partition count: given, or kept from an earlier run's job.json, or chosen now; job.json records it."""
     uri = spill.job_uri(spec.spill)
     existing = await _read_json(stores, uri)
@@ -147,7 +177,11 @@ async def open_job(spec: DiffSpec, stores: Stores, sizes: dict[str, int]) -> int
     if not partitions:
         if spec.phase in ("resolve", "merge"):
             raise UsageError(f"no diff spilled under {redact_uri(spec.spill)}: run the partition phase first")
-        partitions = choose_partitions(sizes["reference"], sizes["derivative"], spec.memory_budget)
+        ref_rows, _ = await estimate_keys(spec.reference, infos["reference"], stores, portal)
+        der_rows, der_key_bytes = await estimate_keys(spec.derivative, infos["derivative"], stores, portal)
+        # Partitions are resolved `concurrency` at a time, each within its share of the budget.
+        share = spec.memory_budget // spec.concurrency
+        partitions = choose_partitions(ref_rows, der_rows, der_key_bytes, share)
     job = {
         "layout": spill.LAYOUT_VERSION, "fingerprint": ALGORITHM, "partitions": partitions,
         "reference_key": spec.reference.key.to_dict(), "derivative_key": spec.derivative.key.to_dict(),
@@ -403,7 +437,7 @@ async def adiff(spec: DiffSpec, progress: DiffProgress | None = None) -> dict:
         infos = {side.name: await list_side(side, stores) for side in (spec.reference, spec.derivative)}
         async with BlockingPortal() as portal:
             try:
-                partitions = await open_job(spec, stores, {n: sum(i.size for i in f) for n, f in infos.items()})
+                partitions = await open_job(spec, stores, portal, infos)
                 ctx = Context(spec, stores, portal, partitions, progress or DiffProgress())
                 report = await _phases(ctx, infos)
             except StreamfilterError as exc:

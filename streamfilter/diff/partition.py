@@ -27,11 +27,15 @@ KEYED_SCHEMA = pa.schema([("hi", pa.uint64()), ("lo", pa.uint64()), ("key", pa.l
 
 
 def partition_of(hi: np.ndarray, partitions: int) -> np.ndarray:
-    """The partition of each fingerprint: the top log2(partitions) bits of its first half."""
+    """The partition of each fingerprint: the top log2(partitions) bits of its first half.
+
+    As uint16 (there are at most 65,536 partitions): numpy's stable sort of 16-bit
+    integers is a radix sort, 5x faster than of int64 (measured on 1 M rows).
+    """
     if partitions == 1:
-        return np.zeros(len(hi), dtype=np.int64)
+        return np.zeros(len(hi), dtype=np.uint16)
     shift = np.uint64(64 - (partitions.bit_length() - 1))
-    return (hi >> shift).astype(np.int64)
+    return (hi >> shift).astype(np.uint16)
 
 
 @dataclass

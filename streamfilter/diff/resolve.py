@@ -1,10 +1,16 @@
 """Phase two of a diff: one partition's anti-join, exact on 128-bit fingerprints.
 
-Arrow's Acero engine does the set work (hash aggregation for the distinct
-fingerprints of each side, a left-anti hash join for the derivative's keys that the
-reference lacks): it is multi-threaded, well kept, and already our dependency,
-and on 6 M x 1.2 M fingerprints it ran the anti-join in 0.5 s where a numpy sort
-and search took 2.6 s (measured on this project's 2-core VM).
+The derivative's fingerprints the reference lacks are found by Arrow's Acero hash
+join as a *right anti* join: its hash table is built on the derivative (usually the
+smaller side) and the reference only streams through it, as DuckDB plans the same
+query. On 12.5 M reference x 2.5 M derivative fingerprints that took 0.56 s, where
+building on the reference (a left anti join) took 1.9 s (measured on this project's
+2-core VM).
+
+Distinct counts (for the duplicates the report gives) come from a numpy sort of each
+side's first 64 bits, which is 10x faster than a hash aggregation of both halves:
+values whose first halves differ are distinct, and only the few rows whose first half
+repeats (duplicate keys, or a 64-bit collision) are counted exactly on both halves.
 
 A partition larger than its memory share is resolved in rounds: round ``r`` of
 ``k`` keeps the fingerprints whose second half is ``r`` modulo ``k``, on both
@@ -23,11 +29,12 @@ import pyarrow as pa
 from .partition import KEYED_SCHEMA
 from .spill import from_ipc
 
-#: Peak bytes a partition's resolve holds per reference fingerprint: the spill table, its concatenation,
-#: the distinct table and Acero's hash table (measured on the benchmark; see the README).
-REFERENCE_BYTES_PER_ROW = 96
-#: The same per derivative row, besides its raw key's bytes (which are held about twice).
-DERIVATIVE_BYTES_PER_ROW = 96
+#: Peak bytes a partition's resolve holds per reference fingerprint: the spill object as read, its
+#: table (zero-copy), the sorted copy of the first halves, and the rounds' filtered copies.
+REFERENCE_BYTES_PER_ROW = 48
+#: The same per derivative row, besides its raw key's bytes: the table, the sorted copy, the join's
+#: probe table (with a row number) and its hash table.
+DERIVATIVE_BYTES_PER_ROW = 128
 
 
 @dataclass
@@ -45,11 +52,31 @@ class PartitionCounts:
         return asdict(self)
 
 
+def resolve_bytes(reference_rows: int, derivative_rows: int, derivative_key_bytes: int) -> int:
+    """Peak memory of resolving these keys in one go."""
+    return reference_rows * REFERENCE_BYTES_PER_ROW + derivative_rows * DERIVATIVE_BYTES_PER_ROW + derivative_key_bytes
+
+
 def rounds_for(reference_rows: int, derivative_rows: int, derivative_key_bytes: int, budget: int) -> int:
     """How many rounds keep one partition's resolve within ``budget`` bytes."""
-    need = reference_rows * REFERENCE_BYTES_PER_ROW + derivative_rows * DERIVATIVE_BYTES_PER_ROW
-    need += 2 * derivative_key_bytes
-    return max(1, -(-need // max(budget, 1)))
+    return max(1, -(-resolve_bytes(reference_rows, derivative_rows, derivative_key_bytes) // max(budget, 1)))
+
+
+def distinct_pairs(hi: np.ndarray, lo: np.ndarray) -> int:
+    """How many distinct (hi, lo) pairs there are, exactly."""
+    if len(hi) < 2:
+        return len(hi)
+    ordered = np.sort(hi)
+    repeats = ordered[1:] == ordered[:-1]
+    distinct_hi = len(hi) - int(np.count_nonzero(repeats))
+    if distinct_hi == len(hi):
+        return distinct_hi
+    repeated = np.unique(ordered[1:][repeats])
+    at = np.searchsorted(repeated, hi)
+    at[at == len(repeated)] = 0
+    rows = repeated[at] == hi
+    pairs = pa.table({"hi": hi[rows], "lo": lo[rows]}).group_by(["hi", "lo"]).aggregate([]).num_rows
+    return distinct_hi - len(repeated) + pairs
 
 
 def _load(names: list[str], get: Callable[[str], bytes], rounds: int, r: int, schema: pa.Schema) -> pa.Table:
@@ -60,7 +87,11 @@ def _load(names: list[str], get: Callable[[str], bytes], rounds: int, r: int, sc
             lo = table.column("lo").to_numpy()
             table = table.filter(pa.array(lo % np.uint64(rounds) == np.uint64(r)))
         tables.append(table)
-    return pa.concat_tables(tables) if tables else schema.empty_table()
+    return pa.concat_tables(tables).combine_chunks() if tables else schema.empty_table()
+
+
+def _halves(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    return table.column("hi").to_numpy(), table.column("lo").to_numpy()
 
 
 def resolve_partition(
@@ -73,15 +104,14 @@ def resolve_partition(
     for r in range(rounds):
         ref = _load(reference, get, rounds, r, ref_schema)
         counts.reference_rows += ref.num_rows
-        ref = ref.group_by(["hi", "lo"]).aggregate([])  # distinct: the join's build side, smaller
-        counts.reference_distinct += ref.num_rows
+        counts.reference_distinct += distinct_pairs(*_halves(ref))
         der = _load(derivative, get, rounds, r, KEYED_SCHEMA)
         counts.derivative_rows += der.num_rows
-        counts.derivative_distinct += der.select(["hi", "lo"]).group_by(["hi", "lo"]).aggregate([]).num_rows
+        counts.derivative_distinct += distinct_pairs(*_halves(der))
         # The join carries a row number, not the keys: a variable-width payload made it 9x slower (measured).
         rows = pa.array(np.arange(der.num_rows, dtype=np.int64))
         probe = der.select(["hi", "lo"]).append_column("row", rows)
-        absent = probe.join(ref, keys=["hi", "lo"], join_type="left anti") if ref.num_rows else probe
+        absent = ref.join(probe, keys=["hi", "lo"], join_type="right anti") if ref.num_rows else probe
         missing = der.take(absent.column("row"))
         del ref, der, probe, absent
         counts.removal_rows += missing.num_rows
