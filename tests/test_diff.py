@@ -981,3 +981,15 @@ def test_derivative_inside_the_reference_gives_an_empty_list(sides: Sides, tmp_p
     else:
         assert (tmp_path / name).read_bytes() == b""
     assert report_of(tmp_path / "r.json")["removals"] == {"keys": 0, "rows": 0}
+
+
+def test_distinct_pairs_is_exact_on_ties_of_the_first_half() -> None:
+    """Few values, so first halves repeat with equal and with different second halves: compared with a set."""
+    from streamfilter.diff.resolve import distinct_pairs
+
+    rng = np.random.default_rng(11)
+    for _ in range(300):
+        n = int(rng.integers(0, 80))
+        hi = rng.integers(0, 7, n).astype(np.uint64)
+        lo = rng.integers(0, 5, n).astype(np.uint64)
+        assert distinct_pairs(hi, lo) == len(set(zip(hi.tolist(), lo.tolist(), strict=True)))
