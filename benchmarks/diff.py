@@ -1009,8 +1009,8 @@ def render_projection(report: dict[str, Any]) -> list[str]:
         "Caveats: the derivative's keys cost more than the reference's in the partition phase (their raw "
         "bytes are spilled, lz4-compressed, beside the fingerprints), and D'/R' "
         f"({D2 / R2:.2f}) is larger than D/R ({D / R:.2f}) here, so the per-key CPU, measured on this mix, "
-        "leans low for the projected one. The partition count comes from the inputs' file sizes, so real LAION "
-        "shards (more columns than these) give more partitions than b_R and b_D here do. Local disk here; "
+        "leans low for the projected one. The partition count comes from rows and key bytes extrapolated from a "
+        "few shards' footers, so it does not depend on how many other columns the shards have. Local disk here; "
         "spilling to object storage adds request latency and bandwidth limits that this does not measure.",
     ]
     free = report.get("disk_free_bytes")

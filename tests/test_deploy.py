@@ -259,3 +259,44 @@ def test_image_installs_only_through_the_script_ci_runs() -> None:
     assert re.search(r"^ENTRYPOINT\s+\[\"streamfilter\"\]\s*$", "\n".join(lines), re.MULTILINE)
     ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if not line.lstrip().startswith("#")]
     assert any(re.search(r"\bbash deploy/install\.sh\b", line) for line in ci)
+
+
+# --- streamfilter diff as three Jobs, one per phase ------------------------------------------------
+
+DIFF_MANIFESTS = sorted((K8S / "diff").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("path", DIFF_MANIFESTS, ids=lambda p: p.name)
+def test_diff_manifests_match_the_kubernetes_schema(path: Path, version: str) -> None:
+    for doc in documents(path):
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_diff_jobs_run_the_three_phases_with_one_worker_per_completion(monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamfilter.cli import _options, _parser
+    from streamfilter.diff import build_diff_spec
+
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "0")
+    specs = {}
+    for path in DIFF_MANIFESTS:
+        (job,) = documents(path)
+        args = [str(a) for a in container(job)["args"]]
+        assert args[0] == "diff" and "--worker-index" not in args
+        phase = flag(args, "--phase")
+        assert path.stem == phase
+        if phase == "merge":  # one pod: the list is written once
+            assert job["spec"]["completions"] == 1 and "--num-workers" not in args
+        else:
+            assert job["spec"]["completionMode"] == "Indexed"
+            assert int(flag(args, "--num-workers")) == job["spec"]["completions"]
+        rules = job["spec"]["podFailurePolicy"]["rules"]
+        assert any(r.get("onExitCodes", {}).get("values") == [2] for r in rules), "exit 2 (phase not ready) is final"
+        specs[phase] = build_diff_spec(_options(_parser().parse_args(args)))
+    assert sorted(specs) == ["merge", "partition", "resolve"]
+
+    # The three phases must agree on everything but the phase and the workers, or markers would not match.
+    def same(spec):
+        return (spec.reference, spec.derivative, spec.spill, spec.out, spec.memory_budget, spec.partitions)
+
+    assert same(specs["partition"]) == same(specs["resolve"]) == same(specs["merge"])
