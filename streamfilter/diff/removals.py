@@ -47,6 +47,16 @@ def _as_text(keys: pa.Array) -> pa.Array | None:
         return None
 
 
+#: Keys joined into text at a time: binary_join's string output has 32-bit offsets.
+_JOIN_ROWS = 100_000
+
+
+def _lines(keys: pa.Array) -> bytes:
+    """The keys as text, one a line (joined by Arrow, not a loop over the keys)."""
+    whole = pc.binary_join(pa.LargeListArray.from_arrays([0, len(keys)], keys.cast(pa.string())), "\n")
+    return (whole[0].as_py() + "\n").encode("utf-8")
+
+
 def encode_removals(keys: pa.Array, out: str, spill: str, metadata: dict) -> bytes:
     """The bytes of the list at ``out``: Parquet by extension, else text (optionally compressed)."""
     lower = name_of(out)
@@ -63,7 +73,7 @@ def encode_removals(keys: pa.Array, out: str, spill: str, metadata: dict) -> byt
             f"whitespace, a leading '#' or non-UTF-8 bytes); name a .parquet file instead, with --spill "
             f"{redact_uri(spill)} to reuse the work done"
         )
-    body = "".join(f"{k}\n" for k in text.to_pylist()).encode("utf-8")
+    body = b"".join(_lines(text[i : i + _JOIN_ROWS]) for i in range(0, len(text), _JOIN_ROWS))
     if lower.endswith(".gz"):
         return gzip.compress(body, mtime=0)
     if lower.endswith(".zst"):
