@@ -993,3 +993,22 @@ def test_distinct_pairs_is_exact_on_ties_of_the_first_half() -> None:
         hi = rng.integers(0, 7, n).astype(np.uint64)
         lo = rng.integers(0, 5, n).astype(np.uint64)
         assert distinct_pairs(hi, lo) == len(set(zip(hi.tolist(), lo.tolist(), strict=True)))
+
+
+def test_a_toml_config_supplies_options_and_flags_win(sides: Sides, tmp_path: Path, capsys) -> None:
+    config = tmp_path / "diff.toml"
+    references = ", ".join(f'"{p}"' for p in sides.reference)
+    derivatives = ", ".join(f'"{p}"' for p in sides.derivative)
+    config.write_text(
+        f'reference = [{references}]\nderivative = [{derivatives}]\nreference_key = "url"\nkey = "URL"\n'
+        f'out = "{tmp_path / "from-config.txt"}"\npartitions = 4\n'
+    )
+    assert diff(["diff", "--config", str(config), "--out", str(tmp_path / "flag.txt")]) == 0
+    capsys.readouterr()
+    assert not (tmp_path / "from-config.txt").exists()
+    assert read_list(tmp_path / "flag.txt") == absent(column(sides.derivative, "URL"), column(sides.reference, "url"))
+    assert json.loads((tmp_path / "flag.txt.spill" / "job.json").read_text())["partitions"] == 4
+
+    config.write_text(config.read_text() + 'memory_limit = "1GiB"\n')
+    assert diff(["diff", "--config", str(config)]) == 2
+    assert "unknown option 'memory_limit'" in one_error_line(capsys.readouterr().err)

@@ -116,8 +116,20 @@ def _as_list(value: Any) -> tuple[str, ...]:
     return (value,) if isinstance(value, str) else tuple(value)
 
 
+#: Option names accepted from flags, TOML and the API.
+OPTIONS = (
+    "reference", "derivative", "out", "key", "key_separator", "normalize", "key_hash", "reference_key",
+    "reference_key_separator", "reference_normalize", "reference_key_hash", "spill", "memory_budget", "partitions",
+    "concurrency", "phase", "num_workers", "worker_index", "overwrite", "report", "executor", "ray_address",
+    "s3_endpoint_url", "http_header", "retries", "retry_max_seconds",
+)  # fmt: skip
+
+
 def build_diff_spec(opts: dict[str, Any]) -> DiffSpec:
     """A DiffSpec from CLI/TOML options; the reference's key options fall back to the derivative's."""
+    unknown = sorted(set(opts) - set(OPTIONS))
+    if unknown:
+        raise UsageError(f"diff: unknown option {unknown[0]!r}; known options: {', '.join(OPTIONS)}")
     derivative_key = _key(opts, "url")
     reference_opts = {
         name: opts.get(f"reference_{name}") if opts.get(f"reference_{name}") is not None else opts.get(name)
