@@ -18,7 +18,41 @@ from typing import TextIO
 from .ledger import ShardReport
 
 
-class Progress:
+class StatusLine:
+    """A status line redrawn in place on a terminal (``live``), or plain log lines otherwise.
+
+    Writes from worker threads are serialized; subclasses say what the line shows.
+    """
+
+    def __init__(self, stream: TextIO | None, live: bool | None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.live = self.stream.isatty() if live is None else live
+        self._start = time.monotonic()
+        self._last_draw = 0.0
+        self._lock = threading.Lock()
+
+    def line(self) -> str:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        if self.live:
+            self._draw()
+            self._write("\n")
+
+    def _draw(self) -> None:
+        self._last_draw = time.monotonic()
+        self._write("\r\033[K" + self.line())
+
+    def _elapsed(self) -> float:
+        return max(time.monotonic() - self._start, 1e-9)
+
+    def _write(self, text: str) -> None:
+        with self._lock:
+            self.stream.write(text)
+            self.stream.flush()
+
+
+class Progress(StatusLine):
     """Counts rows and bytes as they flow; safe to update from worker threads."""
 
     def __init__(
@@ -29,18 +63,14 @@ class Progress:
         log_format: str = "text",
         on_shard: Callable[[Progress], None] | None = None,
     ) -> None:
-        self.stream = stream if stream is not None else sys.stderr
         self.json = log_format == "json"
-        self.live = (self.stream.isatty() and not self.json) if live is None else live
+        super().__init__(stream, False if live is None and self.json else live)  # JSON logs are never redrawn
         self.total = total_shards
         self.done = self.failed = self.resumed = 0
         self.rows = self.bytes = 0  # as decoded and read, while shards run
         self.rows_out = self.rows_removed = self.bytes_written = 0
         self.retries = 0
         self._on_shard = on_shard
-        self._start = time.monotonic()
-        self._last_draw = 0.0
-        self._lock = threading.Lock()
 
     @classmethod
     def silent(cls) -> Progress:
@@ -90,20 +120,9 @@ class Progress:
         if self.json:
             self._write(json.dumps({"event": kind, "time": round(time.time(), 3), **fields}) + "\n")
 
-    def close(self) -> None:
-        if self.live:
-            self._draw()
-            self._write("\n")
-
-    def _draw(self) -> None:
-        elapsed = max(time.monotonic() - self._start, 1e-9)
-        self._last_draw = time.monotonic()
-        self._write(
-            f"\r\033[Kshards {self.done + self.failed}/{self.total} ({self.failed} failed) | "
+    def line(self) -> str:
+        elapsed = self._elapsed()
+        return (
+            f"shards {self.done + self.failed}/{self.total} ({self.failed} failed) | "
             f"{self.rows / elapsed / 1e6:.2f} M rows/s | {self.bytes / elapsed / 1e6:.1f} MB/s"
         )
-
-    def _write(self, text: str) -> None:
-        with self._lock:
-            self.stream.write(text)
-            self.stream.flush()

@@ -1012,3 +1012,25 @@ def test_a_toml_config_supplies_options_and_flags_win(sides: Sides, tmp_path: Pa
     config.write_text(config.read_text() + 'memory_limit = "1GiB"\n')
     assert diff(["diff", "--config", str(config)]) == 2
     assert "unknown option 'memory_limit'" in one_error_line(capsys.readouterr().err)
+
+
+def test_progress_draws_one_live_line_per_phase_and_logs_steps_otherwise() -> None:
+    import io
+
+    from streamfilter.diff.progress import DiffProgress
+
+    live = DiffProgress(io.StringIO(), live=True)
+    live.start("partition", 2)
+    live.add_keys(1_500_000)
+    live.step("a.parquet", "done")
+    live.step("b.parquet", "corrupt", failed=True)
+    live.close()
+    text = live.stream.getvalue()
+    assert "\r\033[Kdiff partition: 2/2 (1 failed) | 1.5 M keys" in text
+    assert "failed b.parquet: corrupt\n" in text and text.endswith("\n")
+
+    logged = DiffProgress(io.StringIO(), live=False)
+    logged.start("resolve", 1)
+    logged.step("partition 0", "3 removals")
+    logged.close()
+    assert logged.stream.getvalue() == "diff resolve: 1 to do\ndone partition 0: 3 removals (1/1 resolve)\n"

@@ -272,7 +272,7 @@ async def partition_phase(ctx: Context, infos: dict[str, list[ObjectInfo]]) -> d
         await spill_on_ray(ctx, todo)
     else:
         await _gather(todo, one, ctx.spec.concurrency)
-    ctx.progress.finish()
+    ctx.progress.close()
     return resumed
 
 
@@ -372,7 +372,7 @@ async def resolve_phase(ctx: Context, works: list[PartitionWork]) -> int:
         await resolve_on_ray(ctx, todo)
     else:
         await _gather(todo, one, ctx.spec.concurrency)
-    ctx.progress.finish()
+    ctx.progress.close()
     return len(mine) - len(todo)
 
 
