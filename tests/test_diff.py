@@ -12,7 +12,10 @@ import gzip
 import itertools
 import json
 import logging
-from collections.abc import Sequence
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -1034,3 +1037,62 @@ def test_progress_draws_one_live_line_per_phase_and_logs_steps_otherwise() -> No
     logged.step("partition 0", "3 removals")
     logged.close()
     assert logged.stream.getvalue() == "diff resolve: 1 to do\ndone partition 0: 3 removals (1/1 resolve)\n"
+
+
+def _kill_when(proc: subprocess.Popen, ready: Callable[[], int], total: int) -> int:
+    """SIGKILL ``proc`` as soon as ``ready()`` (markers written) is positive; returns it at the kill."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        done = ready()
+        if done:
+            proc.kill()
+            proc.wait(timeout=30)
+            return done
+        time.sleep(0.002)
+    proc.kill()
+    proc.wait(timeout=30)
+    raise AssertionError(f"the diff ended (rc {proc.returncode}) before any of {total} markers was seen")
+
+
+def test_a_killed_diff_resumes_to_the_same_list(tmp_path: Path, capsys) -> None:
+    """SIGKILL in the partition phase, then in the resolve phase: each rerun finishes what was not done."""
+    ids = np.arange(600_000)
+    urls = pc.binary_join_element_wise("https://k.example/", pa.array(ids).cast(pa.string()), ".jpg", "")
+    ref_dir, der_dir = tmp_path / "ref", tmp_path / "der"
+    ref_dir.mkdir(), der_dir.mkdir()
+    reference = urls.filter(pa.array(ids % 97 != 5))  # lacks every 97th
+    for n in range(40):
+        pq.write_table(pa.table({"url": reference[n::40]}), ref_dir / f"{n:02d}.parquet")
+    for n in range(10):
+        pq.write_table(pa.table({"URL": urls[n * 20_000 : (n + 1) * 20_000]}), der_dir / f"{n:02d}.parquet")
+    expected = sorted(u for i, u in enumerate(urls[:200_000].to_pylist()) if i % 97 == 5)
+    spill = tmp_path / "spill"
+    argv = ["diff", "--reference", f"{ref_dir}/*.parquet", "--reference-key", "url", "--derivative",
+            f"{der_dir}/*.parquet", "--key", "URL", "--out", str(tmp_path / "rm.txt"), "--spill", str(spill),
+            "--concurrency", "1", "--partitions", "64"]  # fmt: skip
+
+    def start(*extra: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "streamfilter.cli", *argv, *extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def spilled() -> int:
+        return len(list((spill / "reference" / "chunks").glob("*.json")))
+
+    at_kill = _kill_when(start("--phase", "partition"), spilled, 40)
+    assert 0 < at_kill < 40 and not (tmp_path / "rm.txt").exists()
+    assert diff([*argv, "--phase", "partition", "--report", str(tmp_path / "p.json")]) == 0
+    assert report_of(tmp_path / "p.json")["shards_resumed"]["reference"] >= at_kill
+
+    def resolved() -> int:
+        return len(list((spill / "results").glob("*.json")))
+
+    at_kill = _kill_when(start("--phase", "resolve"), resolved, 64)
+    assert 0 < at_kill < 64
+    assert diff([*argv, "--report", str(tmp_path / "all.json")]) == 0
+    capsys.readouterr()
+    report = report_of(tmp_path / "all.json")
+    assert report["shards_resumed"] == {"reference": 40, "derivative": 10}
+    assert report["partitions_resumed"] >= at_kill
+    assert read_list(tmp_path / "rm.txt") == expected
