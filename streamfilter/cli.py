@@ -168,7 +168,9 @@ def _add_diff_parser(sub: Any) -> None:
         diff.add_argument(f"--{prefix}key-hash", choices=list(KEY_HASHES), help=f"{side} keys' hash (default: none)")
     diff.add_argument("--spill", metavar="PREFIX", help="spill and resume state, local or s3:// (default: OUT.spill/)")
     diff.add_argument("--memory-budget", metavar="SIZE", help="memory for keys, e.g. 2GiB (default), 512MiB")
-    diff.add_argument("--partitions", type=int, metavar="N", help="a power of two (default: from sizes and budget)")
+    diff.add_argument(
+        "--partitions", type=int, metavar="N", help="a power of two (default: from the shards' footers and the budget)"
+    )
     diff.add_argument("--concurrency", type=int, metavar="N", help="shards or partitions at once (default: 2)")
     diff.add_argument("--phase", choices=["all", "partition", "resolve", "merge"], help="run one phase (default: all)")
     diff.add_argument("--num-workers", type=int, metavar="N", help="split each phase over N workers (default 1)")
