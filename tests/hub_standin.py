@@ -28,7 +28,8 @@ utils/_pagination.py of huggingface_hub 2.4.0):
     does; ``GET|HEAD /_cdn/{sha256}?Expires=&Signature=`` then serves the bytes with Range support.
     No ``xetHash`` in listings and no ``X-Xet-*`` header is ever sent, so clients never try Xet.
 
-It is gated: every request needs ``Authorization: Bearer <token>``. Without one the reply is a
+It is gated: every request but the CDN's (which checks its URL's signature, as the real one does)
+needs ``Authorization: Bearer <token>``. Without one the reply is a
 ``401`` with ``X-Error-Code: GatedRepo`` (huggingface_hub raises ``GatedRepoError`` for it); with an
 unknown token a ``401`` "Invalid credentials in Authorization header"; with a token listed in
 ``denied`` (an account that has not accepted the terms) a ``403`` ``GatedRepo``. Unknown repositories,
@@ -136,6 +137,8 @@ class Logged:
     query: str
     range: str | None
     status: int
+    #: Whether the request carried an Authorization header (a CDN request should not).
+    authorized: bool = False
 
 
 @dataclass
@@ -188,7 +191,15 @@ class HubStandin:
     def _record(self, request: web.Request, kind: str, status: int) -> None:
         with self._lock:
             self.log.append(
-                Logged(request.method, kind, request.path, request.query_string, request.headers.get("Range"), status)
+                Logged(
+                    request.method,
+                    kind,
+                    request.path,
+                    request.query_string,
+                    request.headers.get("Range"),
+                    status,
+                    "Authorization" in request.headers,
+                )
             )
 
     # --- the application --------------------------------------------------------------------
@@ -206,7 +217,8 @@ class HubStandin:
 
     async def _answer(self, request: web.Request, kind: str, route: dict) -> web.StreamResponse:
         repo_id = route.get("repo")
-        denied = self._check_token(request, repo_id)
+        # The CDN checks its URL's signature, not the token (the Hub signed the URL for a token it accepted).
+        denied = self._check_token(request, repo_id) if kind != "cdn" else None
         if denied is not None:
             return denied
         status = self._take_fault(kind)

@@ -125,17 +125,20 @@ def test_stat_list_and_ranged_reads(hub: HubStandin, repo: Path) -> None:
     assert {i.uri: i.size for i in listed} == {u: (repo / u[len(BASE) + 1 :]).stat().st_size for u in expected}
     assert pieces == [data[0:4], data[100:5000], data[-8:]]
     assert whole == data
-    # One ranged GET per read (the Hub's redirect to its CDN followed once), nothing read ahead.
+    # One ranged GET per read, nothing read ahead: the first through the Hub's redirect, the others
+    # straight to the signed CDN URL it redirected to (one resolver request per file, not per read),
+    # which is sent no token.
     resolves = hub.requests("resolve")
     cdn = hub.requests("cdn")
     size = len(data)
-    assert [r.range for r in resolves] == [
+    assert [r.range for r in cdn] == [
         "bytes=0-3",
         "bytes=100-4999",
         f"bytes={size - 8}-{size - 1}",
         f"bytes=0-{size - 1}",
     ]
-    assert [r.status for r in resolves] == [302] * 4 and [r.status for r in cdn] == [206] * 4
+    assert [(r.range, r.status) for r in resolves] == [("bytes=0-3", 302)] and [r.status for r in cdn] == [206] * 4
+    assert [r.authorized for r in cdn] == [True, False, False, False]  # the first followed the Hub's redirect
     assert {r.kind for r in hub.requests()} == {"resolve", "cdn"}  # stat's listing was cached
 
 
@@ -457,5 +460,27 @@ def test_reads_of_one_file_stay_on_one_commit(hub: HubStandin) -> None:
 
     assert data == old
     assert info.etag == hashlib.sha256(old).hexdigest() and later.etag == hashlib.sha256(new).hexdigest()
-    resolves = hub.requests("resolve")
-    assert "/resolve/main/" in resolves[0].path and "/resolve/main/" not in resolves[1].path
+    # The second read went straight to the CDN URL of the first one's content, not through main again.
+    resolves, cdn = hub.requests("resolve"), hub.requests("cdn")
+    assert len(resolves) == 1 and "/resolve/main/" in resolves[0].path
+    assert {r.path for r in cdn} == {f"/_cdn/{hashlib.sha256(old).hexdigest()}"} and len(cdn) == 2
+
+
+def test_a_refused_cdn_url_is_dropped_and_the_hub_asked_again(hub: HubStandin, repo: Path) -> None:
+    """Signed CDN URLs expire: a 403 from one is no failure, the read goes back through the Hub."""
+    uri = shard_uris()[0]
+    data = (repo / "data" / "part-00000.parquet").read_bytes()
+    retries: list[int] = []
+
+    async def go(stores: Stores):
+        store = stores.for_uri(uri)
+        await store.read_range(uri, 0, 10)
+        path = uri.split("://", 1)[1]
+        url, since = store._cdn[path]
+        store._cdn[path] = (url.replace("Signature=", "Signature=0"), since)  # as if it had expired
+        hub.clear_log()
+        return await store.read_range(uri, 10, 5000)
+
+    assert run_async(go, FAST, on_retry=lambda: retries.append(1)) == data[10:5000]
+    assert [(r.kind, r.status) for r in hub.requests()] == [("cdn", 403), ("resolve", 302), ("cdn", 206)]
+    assert not retries

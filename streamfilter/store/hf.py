@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -40,6 +41,9 @@ if TYPE_CHECKING:  # huggingface_hub takes ~0.3 s to import: only runs reading h
 
 #: Statuses worth asking again: throttling, and the Hub or its CDN failing for now.
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+#: How long a signed CDN URL the Hub redirected to is used directly. The Hub signs them for longer
+#: (about an hour); a refused one (401/403/404/410) is dropped and the Hub asked again.
+CDN_URL_SECONDS = 600
 #: Where a URI's repository type is named, as the Hub's web pages spell it.
 TYPE_PREFIXES = ("datasets/", "spaces/")
 
@@ -140,6 +144,10 @@ class HfStore(Store):
         self._listing: anyio.Lock | None = None
         #: Download URL of every file read so far, pinned to the commit its first read came from.
         self._urls: dict[str, str] = {}
+        #: Where the Hub last redirected each LFS file (a signed CDN URL) and when: read there directly
+        #: for a while, so a file's reads cost one resolve request, not one each (the Hub's resolver
+        #: rate limit is a few thousand requests per five minutes).
+        self._cdn: dict[str, tuple[str, float]] = {}
 
     def _lock(self) -> anyio.Lock:
         # One listing at a time: concurrent stats of one directory would each list it; serialized,
@@ -236,31 +244,40 @@ class HfStore(Store):
             endpoint=self.endpoint,
         )
 
-    def _get(self, url: str, start: int, end: int) -> tuple[bytes, str | None]:
-        """One ranged GET of a resolve URL (the redirect to the CDN followed), and the commit the Hub
-        served it from; runs in a thread."""
+    def _get(self, url: str, start: int, end: int, signed: bool = False) -> tuple[bytes, str | None, str | None]:
+        """One ranged GET of a resolve URL (the redirect to the CDN followed), the commit the Hub served
+        it from, and the CDN URL it redirected to; runs in a thread. ``signed``: ``url`` is such a CDN
+        URL, whose signature is the credential, so no token is sent."""
         from huggingface_hub import constants
         from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
-        headers = {**build_hf_headers(token=self._token), "Range": f"bytes={start}-{end - 1}"}
+        headers = {"Range": f"bytes={start}-{end - 1}"}
+        if not signed:
+            headers |= build_hf_headers(token=self._token)
         with get_session().stream("GET", url, headers=headers, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT) as resp:
             hf_raise_for_status(resp)
             commits = [r.headers.get("X-Repo-Commit") for r in (*resp.history, resp)]
             commit = next((c for c in commits if c), None)
-            if resp.status_code == 206:
-                content_range = resp.headers.get("Content-Range", "")
-                if content_range and not content_range.startswith(f"bytes {start}-"):
-                    raise BadReply(206, f"the Hub sent the range {content_range!r} for bytes {start}-{end - 1}")
-                return resp.read(), commit
-            if resp.status_code != 200 or start != 0:
-                raise BadReply(resp.status_code, f"HTTP {resp.status_code} for a Range request")
-            # A server that ignores Range sends it all from byte 0: take what was asked for, no more.
-            data = bytearray()
-            for chunk in resp.iter_bytes():
-                data += chunk
-                if len(data) >= end:
-                    break
-            return bytes(data[:end]), commit
+            redirected = str(resp.url) if resp.history and not signed else None
+            return self._body(resp, start, end), commit, redirected
+
+    @staticmethod
+    def _body(resp: Any, start: int, end: int) -> bytes:
+        """The bytes asked for from a reply to a ranged GET."""
+        if resp.status_code == 206:
+            content_range = resp.headers.get("Content-Range", "")
+            if content_range and not content_range.startswith(f"bytes {start}-"):
+                raise BadReply(206, f"the Hub sent the range {content_range!r} for bytes {start}-{end - 1}")
+            return resp.read()
+        if resp.status_code != 200 or start != 0:
+            raise BadReply(resp.status_code, f"HTTP {resp.status_code} for a Range request")
+        # A server that ignores Range sends it all from byte 0: take what was asked for, no more.
+        data = bytearray()
+        for chunk in resp.iter_bytes():
+            data += chunk
+            if len(data) >= end:
+                break
+        return bytes(data[:end])
 
     async def read_range(self, uri: str, start: int, end: int) -> bytes:
         if end <= start:
@@ -269,11 +286,22 @@ class HfStore(Store):
 
         # The body is read and its length checked inside the attempt: a body cut short is retried like a reset.
         async def attempt() -> bytes:
+            cdn, since = self._cdn.get(path, ("", 0.0))
+            if cdn and time.monotonic() - since < CDN_URL_SECONDS:
+                try:
+                    data, _, _ = await anyio.to_thread.run_sync(self._get, cdn, start, end, True)
+                    return check_length(uri, data, end - start)
+                except Exception as exc:
+                    if http_status(exc) not in (401, 403, 404, 410):
+                        raise  # transient or not: the retry policy decides
+                    self._cdn.pop(path, None)  # expired or moved: ask the Hub again, below
             url = self._urls.get(path)
             if url is None:
                 async with self._lock():  # the shards' first reads would each look the repository up
                     url = self._urls.get(path) or await anyio.to_thread.run_sync(self._url, path)
-            data, commit = await anyio.to_thread.run_sync(self._get, url, start, end)
+            data, commit, redirected = await anyio.to_thread.run_sync(self._get, url, start, end)
+            if redirected:
+                self._cdn[path] = (redirected, time.monotonic())
             if path not in self._urls:
                 # Later reads of this file ask for the commit this one was served from: a branch that
                 # moves mid-run cannot mix two versions of one file.
