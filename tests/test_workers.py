@@ -45,8 +45,18 @@ def test_every_shard_has_exactly_one_worker_in_any_order(names: list[str], num_w
 
 
 def test_two_worker_processes_write_what_one_writes(tmp_path: Path) -> None:
-    for i in range(9):
-        write_shard(tmp_path / "in" / f"{i:05d}.parquet", shard_table(600, start=i * 600, seed=71), row_group_size=200)
+    # Shards go to workers by a hash of their path, and this test's directory is random: with 9 shards,
+    # 1 run in 256 would give one worker nothing. The 9 paths are chosen so that each worker has some.
+    paths: list[Path] = []
+    for i in range(64):
+        path = tmp_path / "in" / f"{i:05d}.parquet"
+        owners = {len(worker_share([Shard(str(p), None, p.name) for p in [*paths, path]], 2, w)) > 0 for w in (0, 1)}
+        if len(paths) < 8 or owners == {True}:
+            paths.append(path)
+        if len(paths) == 9:
+            break
+    for i, path in enumerate(paths):
+        write_shard(path, shard_table(600, start=i * 600, seed=71), row_group_size=200)
     listed = [f"https://cdn.example.com/photos/{i}.jpg" for i in range(0, 5400, 7)]
     blocklist = write_list(tmp_path / "list.txt", listed)
     base = [sys.executable, "-m", "streamfilter.cli", "run", str(tmp_path / "in" / "*.parquet"), "--blocklist",
