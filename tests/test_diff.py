@@ -12,6 +12,7 @@ import gzip
 import itertools
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -35,6 +36,7 @@ from test_hf import HF_TEST_TOKEN, hub  # noqa: F401  (the loopback Hub fixture)
 from streamfilter import cli
 from streamfilter.diff.removals import encode_removals
 from streamfilter.diff.resolve import resolve_partition
+from streamfilter.diff.spill import chunk_id
 from streamfilter.errors import UsageError
 
 HOSTS = ("cdn.example.com", "img.photos.net", "static.pics.org", "media.site.io", "i0.wp.com")
@@ -477,7 +479,13 @@ def test_partition_counts_and_rounds_give_the_same_list(tmp_path: Path, capsys) 
     one, removals_one = resolve_partition(files["reference"], files["derivative"], get, rounds=1)
     three, removals_three = resolve_partition(files["reference"], files["derivative"], get, rounds=3)
     assert removals_three.equals(removals_one)
-    assert [k.decode() for k in removals_one.column("key").to_pylist()] == expected
+    # The removals are located by shard and row; the keys at those rows are the expected ones.
+    assert removals_one.num_rows == len(expected)
+    by_chunk = {chunk_id(str(p)): p for p in sides.derivative}
+    found = []
+    for chunk, row in zip(removals_one["chunk"].to_pylist(), removals_one["row"].to_pylist(), strict=True):
+        found.append(pq.read_table(by_chunk[chunk], columns=["URL"]).column("URL")[row].as_py())
+    assert sorted(found) == expected
     assert {**three.to_dict(), "rounds": 1} == one.to_dict() and three.rounds == 3
 
 
@@ -1096,3 +1104,28 @@ def test_a_killed_diff_resumes_to_the_same_list(tmp_path: Path, capsys) -> None:
     assert report["shards_resumed"] == {"reference": 40, "derivative": 10}
     assert report["partitions_resumed"] >= at_kill
     assert read_list(tmp_path / "rm.txt") == expected
+
+
+def test_a_derivative_shard_changed_after_the_spill_is_refused_at_the_merge(tmp_path: Path, capsys) -> None:
+    """The list names the keys at the spilled rows: a shard that no longer holds them there fails the merge.
+
+    The shard is rewritten with two rows swapped, the same size and mtime, so nothing but its content
+    tells it from the spilled version.
+    """
+    urls = [f"https://s.example/{i:06d}.jpg" for i in range(2000)]  # all of one length
+    write_shard(tmp_path / "ref" / "0.parquet", pa.table({"url": urls[100:]}))
+    der = tmp_path / "der" / "0.parquet"
+    options = {"compression": "none", "use_dictionary": False, "write_statistics": False}
+    write_shard(der, pa.table({"URL": urls}), **options)
+    argv = ["diff", "--reference", str(tmp_path / "ref" / "0.parquet"), "--reference-key", "url",
+            "--derivative", str(der), "--key", "URL", "--out", str(tmp_path / "rm.txt")]  # fmt: skip
+    assert diff([*argv, "--phase", "partition"]) == 0 and diff([*argv, "--phase", "resolve"]) == 0
+    stat = der.stat()
+    swapped = urls[1000:1001] + urls[1:1000] + urls[:1] + urls[1001:]  # row 0, a removal, now holds a kept key
+    write_shard(der, pa.table({"URL": swapped}), **options)
+    os.utime(der, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert der.stat().st_size == stat.st_size
+    capsys.readouterr()
+    assert diff([*argv, "--phase", "merge"]) == 1
+    assert "changed since the diff spilled it" in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "rm.txt").exists()

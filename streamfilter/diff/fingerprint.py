@@ -27,11 +27,11 @@ ALGORITHM = "mmh3_x64_128"
 
 @dataclass
 class SideKeys:
-    """The non-null keys of one batch: fingerprints as (n, 2) uint64 halves, and raw keys if asked for."""
+    """The non-null keys of one batch: fingerprints as (n, 2) uint64 halves, and where they are."""
 
     fingerprints: np.ndarray
-    #: The key as the shard holds it (columns joined, not normalized), as large_binary; None if not asked for.
-    raw: pa.Array | None
+    #: The batch's row number of each fingerprint (rows with a null key have none).
+    rows: np.ndarray
     nulls: int
     #: Bits of information in a comparison value: 64 for a 64-bit hash or integer key, else 128 (the fingerprint).
     bits: int = 128
@@ -78,19 +78,23 @@ def _with_nulls(values: pa.Array, like: pa.Array) -> pa.Array:
     return pc.if_else(pc.is_valid(like), values, pa.scalar(None, values.type))
 
 
-def side_keys(table: pa.Table | pa.RecordBatch, key: KeySpec, source: str, *, with_raw: bool) -> SideKeys:
-    """Fingerprints (and raw keys) of the rows whose key is not null: null keys never match."""
+def side_keys(table: pa.Table | pa.RecordBatch, key: KeySpec, source: str) -> SideKeys:
+    """Fingerprints of the rows whose key is not null (null keys never match), and their row numbers."""
     from ..hashing import hash128  # numba: imported by the processes that fingerprint only
 
-    raw, values, bits = comparison_values(table, key, source)
+    _, values, bits = comparison_values(table, key, source)
     nulls = values.null_count
+    rows = np.arange(len(values), dtype=np.int64)
     if nulls:
         valid = pc.is_valid(values)
-        values, raw = values.filter(valid), raw.filter(valid)
-    raw_bytes = None
-    if with_raw:
-        raw_bytes = raw.view(pa.large_binary()) if pa.types.is_large_string(raw.type) else raw.cast(pa.large_binary())
-    return SideKeys(hash128(values), raw_bytes, nulls, bits)
+        values, rows = values.filter(valid), rows[valid.to_numpy(zero_copy_only=False)]
+    return SideKeys(hash128(values), rows, nulls, bits)
+
+
+def raw_keys(table: pa.Table | pa.RecordBatch, key: KeySpec, source: str) -> pa.Array:
+    """The keys as the shard holds them (columns joined, not normalized): what a removal list names."""
+    raw = extract_keys(table, dataclasses.replace(key, normalize="none"), source)
+    return raw.view(pa.large_binary()) if pa.types.is_large_string(raw.type) else raw.cast(pa.large_binary())
 
 
 def collision_bound(reference_keys: int, derivative_keys: int, bits: int = 128) -> float:

@@ -14,17 +14,19 @@ from dataclasses import dataclass, field
 
 import anyio
 import anyio.to_thread
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from anyio.from_thread import BlockingPortal
 
 from .._version import __version__
 from ..errors import ShardError, StreamfilterError, UsageError, redact_uri
-from ..formats.parquet import ParquetShard, row_group_bytes
+from ..formats.parquet import ParquetShard
 from ..plan import Shard, expand_input, worker_of
 from ..store import ObjectInfo, Stores
 from . import spill
-from .fingerprint import ALGORITHM, collision_bound
-from .partition import KEYED_SCHEMA, spill_shard
+from .fingerprint import ALGORITHM, collision_bound, raw_keys, side_keys
+from .partition import REMOVALS_SCHEMA, spill_shard
 from .progress import DiffProgress
 from .removals import encode_removals
 from .resolve import PartitionCounts, resolve_bytes, resolve_partition, rounds_for
@@ -65,25 +67,24 @@ class Context:
         self.written += len(data)
 
 
-def choose_partitions(reference_rows: int, derivative_rows: int, derivative_key_bytes: int, budget: int) -> int:
+def choose_partitions(reference_rows: int, derivative_rows: int, budget: int) -> int:
     """The smallest power of two whose partitions should each resolve in one round within ``budget``."""
-    need = resolve_bytes(reference_rows, derivative_rows, derivative_key_bytes)
+    need = resolve_bytes(reference_rows, derivative_rows)
     partitions = 1
     while partitions < MAX_PARTITIONS and need > partitions * budget:
         partitions *= 2
     return partitions
 
 
-async def estimate_keys(side: Side, infos: list[ObjectInfo], stores: Stores, portal: BlockingPortal) -> tuple[int, int]:
-    """(rows, key bytes) of a side, extrapolated by size from the footers of a few of its shards.
+async def estimate_rows(infos: list[ObjectInfo], stores: Stores, portal: BlockingPortal) -> int:
+    """The rows of a side, extrapolated by size from the footers of a few of its shards.
 
     One ranged read per sampled shard, before any key is read; a wrong guess costs only rounds.
     """
     step = max(1, len(infos) // SAMPLE_SHARDS)
     picks = infos[::step][:SAMPLE_SHARDS]
-    columns = list(side.key.columns)
 
-    def footer(info: ObjectInfo) -> tuple[int, int, int] | None:
+    def footer(info: ObjectInfo) -> tuple[int, int] | None:
         file = stores.for_uri(info.uri).open_input(info, portal)
         try:
             metadata = ParquetShard(file, redact_uri(info.uri)).metadata
@@ -91,16 +92,14 @@ async def estimate_keys(side: Side, infos: list[ObjectInfo], stores: Stores, por
             return None  # the partition phase will name it; the estimate goes on without it
         finally:
             file.close()
-        keys = sum(row_group_bytes(metadata, i, columns) for i in range(metadata.num_row_groups))
-        return metadata.num_rows, keys, info.size
+        return metadata.num_rows, info.size
 
     found = [f for f in await _gather(picks, lambda i: anyio.to_thread.run_sync(footer, i), SAMPLE_SHARDS) if f]
     total = sum(i.size for i in infos)
-    sampled = sum(f[2] for f in found)
+    sampled = sum(f[1] for f in found)
     if not sampled:
-        return total // FALLBACK_BYTES_PER_ROW, total
-    scale = total / sampled
-    return int(sum(f[0] for f in found) * scale), int(sum(f[1] for f in found) * scale)
+        return total // FALLBACK_BYTES_PER_ROW
+    return int(sum(f[0] for f in found) * total / sampled)
 
 
 async def _gather(items: list, fn: Callable[..., Awaitable], limit: int) -> list:
@@ -177,11 +176,10 @@ async def open_job(spec: DiffSpec, stores: Stores, portal: BlockingPortal, infos
     if not partitions:
         if spec.phase in ("resolve", "merge"):
             raise UsageError(f"no diff spilled under {redact_uri(spec.spill)}: run the partition phase first")
-        ref_rows, _ = await estimate_keys(spec.reference, infos["reference"], stores, portal)
-        der_rows, der_key_bytes = await estimate_keys(spec.derivative, infos["derivative"], stores, portal)
+        ref_rows = await estimate_rows(infos["reference"], stores, portal)
+        der_rows = await estimate_rows(infos["derivative"], stores, portal)
         # Partitions are resolved `concurrency` at a time, each within its share of the budget.
-        share = spec.memory_budget // spec.concurrency
-        partitions = choose_partitions(ref_rows, der_rows, der_key_bytes, share)
+        partitions = choose_partitions(ref_rows, der_rows, spec.memory_budget // spec.concurrency)
     job = {
         "layout": spill.LAYOUT_VERSION, "fingerprint": ALGORITHM, "partitions": partitions,
         "reference_key": spec.reference.key.to_dict(), "derivative_key": spec.derivative.key.to_dict(),
@@ -330,8 +328,7 @@ async def partition_work(ctx: Context, infos: dict[str, list[ObjectInfo]]) -> tu
 async def resolve_one(ctx: Context, work: PartitionWork) -> dict:
     """Resolve one partition, write its removals and then its marker; returns the marker."""
     budget = ctx.spec.memory_budget // ctx.spec.concurrency
-    der_key_bytes = sum(e[3] for e in work.derivative)
-    rounds = rounds_for(sum(e[1] for e in work.reference), sum(e[1] for e in work.derivative), der_key_bytes, budget)
+    rounds = rounds_for(sum(e[1] for e in work.reference), sum(e[1] for e in work.derivative), budget)
     sizes = {e[0]: e[2] for e in work.reference + work.derivative}
 
     def get(name: str) -> bytes:
@@ -364,7 +361,7 @@ async def resolve_phase(ctx: Context, works: list[PartitionWork]) -> int:
             ctx.progress.step(f"partition {work.partition}", str(exc), failed=True)
             return
         c = marker["counts"]
-        ctx.progress.step(f"partition {work.partition}", f"{c['removal_keys']:,} removals")
+        ctx.progress.step(f"partition {work.partition}", f"{c['removal_rows']:,} rows to remove")
 
     if ctx.spec.executor == "ray":
         from .ray import resolve_on_ray
@@ -379,8 +376,8 @@ async def resolve_phase(ctx: Context, works: list[PartitionWork]) -> int:
 # --------------------------------------------------------------------------- merge
 
 
-async def merge_phase(ctx: Context, works: list[PartitionWork], sides: dict) -> dict:
-    """Check every partition is resolved, write the removal list, and total the counts."""
+async def merge_phase(ctx: Context, works: list[PartitionWork], sides: dict, derivative: list[ObjectInfo]) -> dict:
+    """Check every partition is resolved, read the listed rows' keys, and total the counts."""
     done = await _markers(ctx.stores, spill.results_prefix(ctx.root))
     markers = []
     for work in works:
@@ -398,16 +395,61 @@ async def merge_phase(ctx: Context, works: list[PartitionWork], sides: dict) -> 
         return spill.from_ipc(await ctx.stores.for_uri(uri).read_range(uri, 0, size))
 
     tables = [t for t in await _gather(works, removals, _META_CONCURRENCY) if t.num_rows]
-    table = pa.concat_tables(tables) if tables else KEYED_SCHEMA.empty_table()
-    table = table.sort_by([("key", "ascending")]) if table.num_rows else table
+    located = pa.concat_tables(tables).combine_chunks() if tables else REMOVALS_SCHEMA.empty_table()
+    shards = {spill.chunk_id(info.uri): info for info in derivative}
+    chunks = sorted(set(located.column("chunk").to_pylist()))
+    per_shard = [located.filter(pc.equal(located.column("chunk"), chunk)) for chunk in chunks]
+    fetched = await _gather(
+        list(zip(chunks, per_shard, strict=True)), lambda item: fetch_keys(ctx, shards[item[0]], item[1]),
+        ctx.spec.concurrency,
+    )  # fmt: skip
+    keys = pc.unique(pa.concat_arrays(fetched)) if fetched else pa.array([], pa.large_binary())
+    keys = keys.take(pc.sort_indices(keys)) if len(keys) else keys
     totals = PartitionCounts(rounds=0)
     for marker in markers:
         for name, value in marker["counts"].items():
             setattr(totals, name, getattr(totals, name) + value)
-    return _summary(ctx, sides, totals, table)
+    return _summary(ctx, sides, totals, keys)
 
 
-def _summary(ctx: Context, sides: dict, totals: PartitionCounts, table: pa.Table) -> dict:
+async def fetch_keys(ctx: Context, info: ObjectInfo, rows: pa.Table) -> pa.Array:
+    """The keys at ``rows`` of one derivative shard, as it holds them.
+
+    Only the row groups holding them are read, key columns only; each key is fingerprinted
+    again and must match what was spilled, so a shard changed since the spill fails loudly
+    instead of listing another row's key.
+    """
+    side, name = ctx.spec.derivative, redact_uri(info.uri)
+    rows = rows.sort_by("row")  # several partitions' removals: the keys come back in row order
+    file = ctx.stores.for_uri(info.uri).open_input(info, ctx.portal)
+
+    def read() -> pa.Array:
+        shard = ParquetShard(file, name)
+        sizes = [shard.metadata.row_group(i).num_rows for i in range(shard.num_row_groups)]
+        starts = np.cumsum([0, *sizes])
+        wanted = rows.column("row").to_numpy().astype(np.int64)
+        group_of = np.searchsorted(starts, wanted, side="right") - 1
+        keys, found = [], []
+        for group in np.unique(group_of).tolist():
+            here = group_of == group
+            table = shard.row_group(group, list(side.key.columns)).take(pa.array(wanted[here] - starts[group]))
+            keys.append(raw_keys(table, side.key, name))
+            found.append(side_keys(table, side.key, name).fingerprints)
+        spilled = np.stack([rows.column("hi").to_numpy(), rows.column("lo").to_numpy()], axis=1)
+        if not found or not np.array_equal(np.concatenate(found), spilled):
+            raise ShardError(
+                f"{name} changed since the diff spilled it (its rows no longer hold the keys found); "
+                "rerun the diff to spill it again"
+            )
+        return pa.concat_arrays(keys)
+
+    try:
+        return await anyio.to_thread.run_sync(read)
+    finally:
+        file.close()
+
+
+def _summary(ctx: Context, sides: dict, totals: PartitionCounts, keys: pa.Array) -> dict:
     ref, der = sides["reference"], sides["derivative"]
     ref.update(distinct=totals.reference_distinct, duplicates=totals.reference_rows - totals.reference_distinct)
     der.update(distinct=totals.derivative_distinct, duplicates=totals.derivative_rows - totals.derivative_distinct)
@@ -416,12 +458,12 @@ def _summary(ctx: Context, sides: dict, totals: PartitionCounts, table: pa.Table
         "reference": ref,
         "derivative": der,
         "comparison_bits": bits,
-        "removals": {"keys": totals.removal_keys, "rows": totals.removal_rows},
+        "removals": {"keys": len(keys), "rows": totals.removal_rows},
         "partitions": ctx.partitions,
         "resolve_rounds": totals.rounds,
         "fingerprint": ALGORITHM,
         "collision_bound": collision_bound(totals.reference_distinct, totals.derivative_distinct, bits),
-        "_table": table,
+        "_keys": keys,
     }
 
 
@@ -477,12 +519,12 @@ async def _phases(ctx: Context, infos: dict[str, list[ObjectInfo]]) -> dict:
     if ctx.failures or spec.phase == "resolve":
         return report
     t = time.monotonic()
-    summary = await merge_phase(ctx, works, sides)
-    table = summary.pop("_table")
+    summary = await merge_phase(ctx, works, sides, infos["derivative"])
+    keys = summary.pop("_keys")
     report.update(summary)
     metadata = {k: report[k] for k in ("reference_key", "derivative_key", "fingerprint", "removals")}
     out: str = spec.out  # type: ignore[assignment]
-    data = encode_removals(table.column("key").combine_chunks(), out, spec.spill, metadata)
+    data = encode_removals(keys, out, spec.spill, metadata)
     await ctx.stores.for_uri(out).put(out, data)
     report["out"] = redact_uri(out)
     report["seconds"]["merge"] = round(time.monotonic() - t, 3)

@@ -23,7 +23,11 @@ from .fingerprint import side_keys
 from .spill import spill_name, to_ipc
 
 FINGERPRINT_SCHEMA = pa.schema([("hi", pa.uint64()), ("lo", pa.uint64())])
-KEYED_SCHEMA = pa.schema([("hi", pa.uint64()), ("lo", pa.uint64()), ("key", pa.large_binary())])
+#: The derivative's spill also says where each key is: its row in the shard, which the spill object's
+#: name names. The keys themselves are read again only for the rows the diff lists (see job.merge_phase).
+LOCATED_SCHEMA = pa.schema([("hi", pa.uint64()), ("lo", pa.uint64()), ("row", pa.uint32())])
+#: What a partition's resolve leaves: the derivative's rows the reference lacks, by shard and row.
+REMOVALS_SCHEMA = pa.schema([("hi", pa.uint64()), ("lo", pa.uint64()), ("chunk", pa.string()), ("row", pa.uint32())])
 
 
 def partition_of(hi: np.ndarray, partitions: int) -> np.ndarray:
@@ -41,24 +45,24 @@ def partition_of(hi: np.ndarray, partitions: int) -> np.ndarray:
 @dataclass
 class _Buffers:
     partitions: int
-    keyed: bool
+    located: bool
     pieces: dict[int, list[pa.Table]] = field(default_factory=dict)
     nbytes: int = 0
 
-    def add(self, fingerprints: np.ndarray, raw: pa.Array | None) -> None:
+    def add(self, fingerprints: np.ndarray, rows: np.ndarray) -> None:
+        """Route fingerprints (and, when ``located``, their rows in the shard) to their partitions."""
         if self.partitions == 1:  # nothing to route
             counts = np.array([len(fingerprints)])
             columns = {"hi": fingerprints[:, 0], "lo": fingerprints[:, 1]}
-            if self.keyed:
-                columns["key"] = raw
         else:
             part = partition_of(fingerprints[:, 0], self.partitions)
             order = np.argsort(part, kind="stable")
             counts = np.bincount(part, minlength=self.partitions)
             columns = {"hi": fingerprints[order, 0], "lo": fingerprints[order, 1]}
-            if self.keyed:
-                columns["key"] = raw.take(pa.array(order))  # type: ignore[union-attr]
-        table = pa.table(columns, schema=KEYED_SCHEMA if self.keyed else FINGERPRINT_SCHEMA)
+            rows = rows[order]
+        if self.located:
+            columns["row"] = rows.astype(np.uint32)
+        table = pa.table(columns, schema=LOCATED_SCHEMA if self.located else FINGERPRINT_SCHEMA)
         start = 0
         for p in np.flatnonzero(counts).tolist():
             n = int(counts[p])
@@ -97,7 +101,7 @@ def spill_shard(
     put: Callable[[str, bytes], None],
     on_rows: Callable[[int, int], None],
 ) -> ShardSpill:
-    """Read the key columns of one Parquet shard and spill its fingerprints (with raw keys on the derivative side).
+    """Read the key columns of one Parquet shard and spill its fingerprints (with rows on the derivative side).
 
     ``put(name, data)`` writes one spill object (a name relative to the spill root);
     ``on_rows(rows, stored_bytes)`` reports progress. Runs in a worker thread.
@@ -105,8 +109,10 @@ def spill_shard(
     shard = ParquetShard(file, name)
     require_columns(shard.schema, key, name)
     columns = list(key.columns)
-    keyed = side == "derivative"
-    buffers = _Buffers(partitions, keyed)
+    located = side == "derivative"
+    if located and shard.metadata.num_rows >= 2**32:
+        raise ShardError(f"{name} has {shard.metadata.num_rows:,} rows, over 2**32; split it into smaller shards")
+    buffers = _Buffers(partitions, located)
     result = ShardSpill()
     seq = 0
 
@@ -114,20 +120,22 @@ def spill_shard(
         nonlocal seq
         for p, table in buffers.take().items():
             object_name = spill_name(side, p, chunk, seq)
-            data = to_ipc(table, compress=keyed)
+            data = to_ipc(table, compress=False)  # fingerprints are random; rows too few bytes to matter
             put(object_name, data)
             result.files.setdefault(p, []).append([object_name, table.num_rows, len(data), table.nbytes])
         seq += 1
 
+    first_row = 0
     for i, table in enumerate(shard.row_groups(columns, use_threads=False)):
-        keys = side_keys(table, key, name, with_raw=keyed)
+        keys = side_keys(table, key, name)
         result.rows += len(keys.fingerprints)
         result.nulls += keys.nulls
         result.bits = min(result.bits, keys.bits)
         start, end = row_group_span(shard.metadata, i, columns)
         result.stored_bytes += end - start
         on_rows(table.num_rows, end - start)
-        buffers.add(keys.fingerprints, keys.raw)
+        buffers.add(keys.fingerprints, keys.rows + first_row)
+        first_row += table.num_rows
         del table, keys
         if buffers.nbytes >= flush_bytes:
             flush()

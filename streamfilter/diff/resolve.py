@@ -25,14 +25,15 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from .partition import KEYED_SCHEMA
-from .spill import from_ipc
+from .partition import LOCATED_SCHEMA, REMOVALS_SCHEMA
+from .spill import chunk_of, from_ipc
 
 #: Peak bytes a partition's resolve holds per reference fingerprint: the spill object as read, its
 #: table (zero-copy), the sorted copy of the first halves, and the rounds' filtered copies.
 REFERENCE_BYTES_PER_ROW = 48
-#: The same per derivative row, besides its raw key's bytes: the table, the sorted copy, the join's
+#: The same per derivative row: the table (with its row and spill object), the sorted copy, the join's
 #: probe table (with a row number) and its hash table.
 DERIVATIVE_BYTES_PER_ROW = 128
 
@@ -43,23 +44,22 @@ class PartitionCounts:
     reference_distinct: int = 0
     derivative_rows: int = 0
     derivative_distinct: int = 0
-    #: Derivative rows whose fingerprint the reference lacks, and their distinct keys.
+    #: Derivative rows whose fingerprint the reference lacks (their distinct keys are counted at the merge).
     removal_rows: int = 0
-    removal_keys: int = 0
     rounds: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def resolve_bytes(reference_rows: int, derivative_rows: int, derivative_key_bytes: int) -> int:
+def resolve_bytes(reference_rows: int, derivative_rows: int) -> int:
     """Peak memory of resolving these keys in one go."""
-    return reference_rows * REFERENCE_BYTES_PER_ROW + derivative_rows * DERIVATIVE_BYTES_PER_ROW + derivative_key_bytes
+    return reference_rows * REFERENCE_BYTES_PER_ROW + derivative_rows * DERIVATIVE_BYTES_PER_ROW
 
 
-def rounds_for(reference_rows: int, derivative_rows: int, derivative_key_bytes: int, budget: int) -> int:
+def rounds_for(reference_rows: int, derivative_rows: int, budget: int) -> int:
     """How many rounds keep one partition's resolve within ``budget`` bytes."""
-    return max(1, -(-resolve_bytes(reference_rows, derivative_rows, derivative_key_bytes) // max(budget, 1)))
+    return max(1, -(-resolve_bytes(reference_rows, derivative_rows) // max(budget, 1)))
 
 
 def distinct_pairs(hi: np.ndarray, lo: np.ndarray) -> int:
@@ -80,14 +80,19 @@ def distinct_pairs(hi: np.ndarray, lo: np.ndarray) -> int:
 
 
 def _load(names: list[str], get: Callable[[str], bytes], rounds: int, r: int, schema: pa.Schema) -> pa.Table:
+    """The spill objects of one side, as one table; a located side's rows also say which object (``file``)."""
     tables = []
-    for name in names:
+    for i, name in enumerate(names):
         table = from_ipc(get(name))
         if rounds > 1:
             lo = table.column("lo").to_numpy()
             table = table.filter(pa.array(lo % np.uint64(rounds) == np.uint64(r)))
+        if "row" in table.column_names:
+            table = table.append_column("file", pa.array(np.full(table.num_rows, i, dtype=np.uint32)))
         tables.append(table)
-    return pa.concat_tables(tables).combine_chunks() if tables else schema.empty_table()
+    if not tables:
+        return schema.empty_table()
+    return pa.concat_tables(tables).combine_chunks()
 
 
 def _halves(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
@@ -97,28 +102,27 @@ def _halves(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
 def resolve_partition(
     reference: list[str], derivative: list[str], get: Callable[[str], bytes], rounds: int = 1
 ) -> tuple[PartitionCounts, pa.Table]:
-    """One partition's counts and removals: the distinct (hi, lo, key) rows of the derivative the reference lacks."""
+    """One partition's counts and removals: the derivative's rows (hi, lo, chunk, row) the reference lacks."""
     counts = PartitionCounts(rounds=rounds)
     removals = []
-    ref_schema = pa.schema([KEYED_SCHEMA.field("hi"), KEYED_SCHEMA.field("lo")])
+    ref_schema = pa.schema([LOCATED_SCHEMA.field("hi"), LOCATED_SCHEMA.field("lo")])
+    der_schema = LOCATED_SCHEMA.append(pa.field("file", pa.uint32()))
+    chunks = pa.array([chunk_of(name) for name in derivative], pa.string())
     for r in range(rounds):
         ref = _load(reference, get, rounds, r, ref_schema)
         counts.reference_rows += ref.num_rows
         counts.reference_distinct += distinct_pairs(*_halves(ref))
-        der = _load(derivative, get, rounds, r, KEYED_SCHEMA)
+        der = _load(derivative, get, rounds, r, der_schema)
         counts.derivative_rows += der.num_rows
         counts.derivative_distinct += distinct_pairs(*_halves(der))
-        # The join carries a row number, not the keys: a variable-width payload made it 9x slower (measured).
-        rows = pa.array(np.arange(der.num_rows, dtype=np.int64))
-        probe = der.select(["hi", "lo"]).append_column("row", rows)
+        # The join carries one row number; payload columns would make the build side wider.
+        index = pa.array(np.arange(der.num_rows, dtype=np.int64))
+        probe = der.select(["hi", "lo"]).append_column("index", index)
         absent = ref.join(probe, keys=["hi", "lo"], join_type="right anti") if ref.num_rows else probe
-        missing = der.take(absent.column("row"))
+        missing = der.take(absent.column("index"))
         del ref, der, probe, absent
         counts.removal_rows += missing.num_rows
-        # One row per distinct raw key: the same key always has the same fingerprint.
-        distinct = missing.group_by(["key"]).aggregate([("hi", "min"), ("lo", "min")])
-        distinct = distinct.rename_columns({"hi_min": "hi", "lo_min": "lo"}).select(["hi", "lo", "key"])
-        counts.removal_keys += distinct.num_rows
-        removals.append(distinct.cast(KEYED_SCHEMA))
-    table = pa.concat_tables(removals) if removals else KEYED_SCHEMA.empty_table()
-    return counts, table.sort_by([("key", "ascending")]) if table.num_rows else table
+        chunk = pc.take(chunks, missing.column("file"))
+        removals.append(pa.table([missing["hi"], missing["lo"], chunk, missing["row"]], schema=REMOVALS_SCHEMA))
+    table = pa.concat_tables(removals) if removals else REMOVALS_SCHEMA.empty_table()
+    return counts, table.sort_by([("chunk", "ascending"), ("row", "ascending")]) if table.num_rows else table

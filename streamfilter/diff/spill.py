@@ -25,7 +25,7 @@ import pyarrow as pa
 from ..store import ObjectInfo
 
 #: Bumped when the layout or the spill tables change: old markers then no longer count.
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 SIDES = ("reference", "derivative")
 
 
@@ -55,6 +55,11 @@ def spill_name(side: str, partition: int, chunk: str, seq: int) -> str:
     return f"{side}/p{partition:05d}/{chunk}-{seq:04d}.arrow"
 
 
+def chunk_of(name: str) -> str:
+    """The chunk (input shard) a spill object belongs to, from its name."""
+    return name.rsplit("/", 1)[-1].rsplit("-", 1)[0]
+
+
 def spill_uri(root: str, name: str) -> str:
     return _join(root, name)
 
@@ -73,7 +78,10 @@ def result_marker_uri(root: str, partition: int) -> str:
 
 def input_identity(info: ObjectInfo) -> dict:
     """What names one version of an input: a marker for another version does not count."""
-    return {"uri": info.uri, "size": info.size, "etag": info.etag, "version_id": info.version_id}
+    identity = {"uri": info.uri, "size": info.size, "etag": info.etag, "version_id": info.version_id}
+    if info.etag is None:  # local files have no ETag, and a rewrite may keep the size
+        identity["mtime"] = info.mtime
+    return identity
 
 
 def digest(value: object) -> str:

@@ -124,6 +124,15 @@ class ParquetShard:
                     f"{_size(MAX_ROW_GROUP_BYTES)} limit; rewrite the shard with smaller row groups"
                 )
 
+    def row_group(self, index: int, columns: list[str] | None = None) -> pa.Table:
+        """One row group, decoded on its own (no look-ahead): for readers that need only a few."""
+        if row_group_bytes(self.metadata, index, columns) > MAX_ROW_GROUP_BYTES:
+            self.check_row_groups(columns)  # raises, naming the row group and the limit
+        try:
+            return self._pf.read_row_group(index, columns=columns, use_threads=False)
+        except (pa.ArrowException, OSError) as exc:
+            raise ShardError(f"{self.name}: row group {index} cannot be decoded ({exc}); the file is corrupt") from None
+
     def row_groups(
         self, columns: list[str] | None = None, use_threads: bool = True, first_alone: bool = False
     ) -> Iterator[pa.Table]:
