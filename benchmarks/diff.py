@@ -778,18 +778,10 @@ def project(costs: dict[str, Any], workers: tuple[int, ...]) -> dict[str, Any]:
     mkeys = (r + d) / 1e6
     ref_bytes = costs["input_bytes_per_key"]["reference"] * r
     der_bytes = costs["input_bytes_per_key"]["derivative"] * d
-    # A derivative key's bytes in memory (its large_binary offset and bytes), from the generated urls' mean length:
-    # its spill bytes less the 16-byte fingerprint are the lz4-compressed key, not the key.
-    mean_url = costs["mean_url_bytes"]
     # As `streamfilter diff` chooses them: partitions resolved DEFAULT_CONCURRENCY at a time within the budget.
     share = DEFAULT_MEMORY_BUDGET // DEFAULT_CONCURRENCY
-    partitions = choose_partitions(r, d, int(d * (8 + mean_url)), share)
-    rounds = rounds_for(
-        r // partitions,
-        d // partitions,
-        int(d // partitions * (8 + mean_url)),
-        DEFAULT_MEMORY_BUDGET // DEFAULT_CONCURRENCY,
-    )
+    partitions = choose_partitions(r, d, share)
+    rounds = rounds_for(r // partitions, d // partitions, share)
     cpu = {p: costs["cpu_s_per_mkey"][p] * mkeys for p in ("partition", "resolve")}
     wall = {p: costs["wall_s_per_mkey"][p] * mkeys for p in ("partition", "resolve")}
     spill = costs["spill_bytes_per_key"]["reference"] * r + costs["spill_bytes_per_key"]["derivative"] * d
@@ -988,9 +980,9 @@ def render_projection(report: dict[str, Any]) -> list[str]:
         f"| wall on this machine ({report['machine']['nproc']} cores) | (w_p + w_r) x K' + merge "
         f"({pr['merge_wall_s']:.2f} s, as measured) | {duration(pr['wall_s_here']['total'])} |",
         f"| spill | s_R x R' + s_D x D' | {pr['spill_bytes'] / GIB:,.0f} GiB |",
-        f"| partitions at 2 GiB | smallest power of two P with 48 x R' + (128 + 8 + mean url bytes) x D' "
+        f"| partitions at 2 GiB | smallest power of two P with 48 x R' + 128 x D' "
         f"<= P x 2 GiB / 2 (`choose_partitions`, 2 partitions at once) | {pr['partitions']:,} |",
-        f"| resolve rounds per partition | `rounds_for(R'/P, D'/P, D'/P x (8 + mean url bytes), 2 GiB / 2)` | "
+        f"| resolve rounds per partition | `rounds_for(R'/P, D'/P, 2 GiB / 2)` | "
         f"{pr['rounds_per_partition']} (measured: {c['rounds']} in {c['partitions']} partition(s)) |",
         "",
         "On N workers, each like this machine (2 cores), shards split evenly in the partition phase and "
@@ -1006,8 +998,8 @@ def render_projection(report: dict[str, Any]) -> list[str]:
         )
     lines += [
         "",
-        "Caveats: the derivative's keys cost more than the reference's in the partition phase (their raw "
-        "bytes are spilled, lz4-compressed, beside the fingerprints), and D'/R' "
+        "Caveats: the derivative's keys cost more than the reference's in the partition phase (their rows "
+        "are spilled beside the fingerprints, and the merge reads back the keys of the listed rows), and D'/R' "
         f"({D2 / R2:.2f}) is larger than D/R ({D / R:.2f}) here, so the per-key CPU, measured on this mix, "
         "leans low for the projected one. The partition count comes from rows and key bytes extrapolated from a "
         "few shards' footers, so it does not depend on how many other columns the shards have. Local disk here; "
