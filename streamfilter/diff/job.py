@@ -7,6 +7,8 @@ workers (``--phase``, ``--worker-index``) or Ray tasks can share the steps.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -470,6 +472,18 @@ def _summary(ctx: Context, sides: dict, totals: PartitionCounts, keys: pa.Array)
 # --------------------------------------------------------------------------- the whole diff
 
 
+def release_memory() -> None:
+    """Hand the partition phase's freed memory back before the resolve phase allocates its own.
+
+    Freed blocks stay with the allocators otherwise (Arrow's pool until its purge delay,
+    glibc's per-thread arenas indefinitely), and the resolve's peak would stack on them:
+    measured on the 100 M-key benchmark, one process peaked 0.6 GiB above its phases run apart.
+    """
+    pa.default_memory_pool().release_unused()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 async def adiff(spec: DiffSpec, progress: DiffProgress | None = None) -> dict:
     """Run the diff's phases that ``spec.phase`` names; returns the report (a JSON-ready dict)."""
     stores = Stores(spec.store)
@@ -509,6 +523,7 @@ async def _phases(ctx: Context, infos: dict[str, list[ObjectInfo]]) -> dict:
         t = time.monotonic()
         report["shards_resumed"] = await partition_phase(ctx, infos)
         report["seconds"]["partition"] = round(time.monotonic() - t, 3)
+        release_memory()
     if ctx.failures or spec.phase == "partition":
         return report
     works, sides = await partition_work(ctx, infos)
