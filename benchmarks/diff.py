@@ -924,6 +924,8 @@ def render(report: dict[str, Any]) -> str:
 
 
 def render_projection(report: dict[str, Any]) -> list[str]:
+    from streamfilter.diff.resolve import DERIVATIVE_BYTES_PER_ROW, REFERENCE_BYTES_PER_ROW
+
     c, pr = report.get("per_key_costs"), report.get("projection")
     if not c or not pr:
         return ["", "No projection: streamfilter had no successful run."]
@@ -980,7 +982,8 @@ def render_projection(report: dict[str, Any]) -> list[str]:
         f"| wall on this machine ({report['machine']['nproc']} cores) | (w_p + w_r) x K' + merge "
         f"({pr['merge_wall_s']:.2f} s, as measured) | {duration(pr['wall_s_here']['total'])} |",
         f"| spill | s_R x R' + s_D x D' | {pr['spill_bytes'] / GIB:,.0f} GiB |",
-        f"| partitions at 2 GiB | smallest power of two P with 48 x R' + 128 x D' "
+        f"| partitions at 2 GiB | smallest power of two P with {REFERENCE_BYTES_PER_ROW} x R' + "
+        f"{DERIVATIVE_BYTES_PER_ROW} x D' "
         f"<= P x 2 GiB / 2 (`choose_partitions`, 2 partitions at once) | {pr['partitions']:,} |",
         f"| resolve rounds per partition | `rounds_for(R'/P, D'/P, 2 GiB / 2)` | "
         f"{pr['rounds_per_partition']} (measured: {c['rounds']} in {c['partitions']} partition(s)) |",
@@ -1001,8 +1004,8 @@ def render_projection(report: dict[str, Any]) -> list[str]:
         "Caveats: the derivative's keys cost more than the reference's in the partition phase (their rows "
         "are spilled beside the fingerprints, and the merge reads back the keys of the listed rows), and D'/R' "
         f"({D2 / R2:.2f}) is larger than D/R ({D / R:.2f}) here, so the per-key CPU, measured on this mix, "
-        "leans low for the projected one. The partition count comes from rows and key bytes extrapolated from a "
-        "few shards' footers, so it does not depend on how many other columns the shards have. Local disk here; "
+        "leans low for the projected one. The partition count comes from rows extrapolated from a few shards' "
+        "footers, so it does not depend on how many other columns the shards have. Local disk here; "
         "spilling to object storage adds request latency and bandwidth limits that this does not measure.",
     ]
     free = report.get("disk_free_bytes")
