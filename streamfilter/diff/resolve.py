@@ -33,9 +33,9 @@ from .spill import chunk_of, from_ipc
 #: Peak bytes a partition's resolve holds per reference fingerprint (the spill object as read, its
 #: table, the sorted copy of the first halves, the rounds' filtered copies) and per derivative row
 #: (its table with row and spill object, the sorted copy, the join's probe and hash tables).
-#: Calibrated on the 100 M-key benchmark: with 48 and 128, partitions of 12.5 M + 2.5 M rows took
-#: about 1 GB each when resolved beside the partition phase's leftovers in one process, and the
-#: run peaked at 2.19 GiB against a 2 GiB budget; these values give it twice the partitions.
+#: Calibrated on the 100 M-key benchmark: with 48 and 128 it made 8 partitions of 12.5 M + 2.5 M rows,
+#: and one process (two partitions in flight beside the partition phase's leftovers) peaked at 2,190 MiB
+#: (2.14 GiB) against a 2 GiB budget; these values give it twice the partitions (peak 1,287 MiB).
 REFERENCE_BYTES_PER_ROW = 64
 DERIVATIVE_BYTES_PER_ROW = 160
 
