@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -397,14 +398,16 @@ async def merge_phase(ctx: Context, works: list[PartitionWork], sides: dict, der
         return spill.from_ipc(await ctx.stores.for_uri(uri).read_range(uri, 0, size))
 
     tables = [t for t in await _gather(works, removals, _META_CONCURRENCY) if t.num_rows]
-    located = pa.concat_tables(tables).combine_chunks() if tables else REMOVALS_SCHEMA.empty_table()
+    located = pa.concat_tables(tables) if tables else REMOVALS_SCHEMA.empty_table()
+    located = located.sort_by([("chunk", "ascending"), ("row", "ascending")]).combine_chunks()
+    # One slice per shard: where the (sorted) chunk column changes.
+    chunk_of_row = located.column("chunk").to_numpy(zero_copy_only=False)
+    bounds = [0, *(np.flatnonzero(chunk_of_row[1:] != chunk_of_row[:-1]) + 1).tolist(), len(chunk_of_row)]
+    per_shard = [located.slice(a, b - a) for a, b in itertools.pairwise(bounds) if b > a]
     shards = {spill.chunk_id(info.uri): info for info in derivative}
-    chunks = sorted(set(located.column("chunk").to_pylist()))
-    per_shard = [located.filter(pc.equal(located.column("chunk"), chunk)) for chunk in chunks]
     fetched = await _gather(
-        list(zip(chunks, per_shard, strict=True)), lambda item: fetch_keys(ctx, shards[item[0]], item[1]),
-        ctx.spec.concurrency,
-    )  # fmt: skip
+        per_shard, lambda rows: fetch_keys(ctx, shards[rows.column("chunk")[0].as_py()], rows), ctx.spec.concurrency
+    )
     keys = pc.unique(pa.concat_arrays(fetched)) if fetched else pa.array([], pa.large_binary())
     keys = keys.take(pc.sort_indices(keys)) if len(keys) else keys
     totals = PartitionCounts(rounds=0)
@@ -415,21 +418,26 @@ async def merge_phase(ctx: Context, works: list[PartitionWork], sides: dict, der
 
 
 async def fetch_keys(ctx: Context, info: ObjectInfo, rows: pa.Table) -> pa.Array:
-    """The keys at ``rows`` of one derivative shard, as it holds them.
+    """The keys at ``rows`` (sorted by row, not empty) of one derivative shard, as it holds them.
 
     Only the row groups holding them are read, key columns only; each key is fingerprinted
     again and must match what was spilled, so a shard changed since the spill fails loudly
     instead of listing another row's key.
     """
     side, name = ctx.spec.derivative, redact_uri(info.uri)
-    rows = rows.sort_by("row")  # several partitions' removals: the keys come back in row order
     file = ctx.stores.for_uri(info.uri).open_input(info, ctx.portal)
+    changed = ShardError(
+        f"{name} changed since the diff spilled it (its rows no longer hold the keys found); "
+        "rerun the diff to spill it again"
+    )
 
     def read() -> pa.Array:
         shard = ParquetShard(file, name)
         sizes = [shard.metadata.row_group(i).num_rows for i in range(shard.num_row_groups)]
         starts = np.cumsum([0, *sizes])
-        wanted = rows.column("row").to_numpy().astype(np.int64)
+        wanted = rows.column("row").to_numpy().astype(np.int64)  # sorted
+        if wanted[-1] >= starts[-1]:
+            raise changed
         group_of = np.searchsorted(starts, wanted, side="right") - 1
         keys, found = [], []
         for group in np.unique(group_of).tolist():
@@ -438,11 +446,8 @@ async def fetch_keys(ctx: Context, info: ObjectInfo, rows: pa.Table) -> pa.Array
             keys.append(raw_keys(table, side.key, name))
             found.append(side_keys(table, side.key, name).fingerprints)
         spilled = np.stack([rows.column("hi").to_numpy(), rows.column("lo").to_numpy()], axis=1)
-        if not found or not np.array_equal(np.concatenate(found), spilled):
-            raise ShardError(
-                f"{name} changed since the diff spilled it (its rows no longer hold the keys found); "
-                "rerun the diff to spill it again"
-            )
+        if not np.array_equal(np.concatenate(found), spilled):
+            raise changed
         return pa.concat_arrays(keys)
 
     try:
