@@ -55,6 +55,9 @@ class Context:
     #: Spill bytes this process wrote.
     written: int = 0
     failures: list[str] = field(default_factory=list)
+    #: Each side's shard markers by chunk, read once and kept up to date by this process's spills, so a
+    #: run of both phases does not read every marker twice.
+    chunk_markers: dict[str, dict[str, dict]] = field(default_factory=dict)
 
     @property
     def root(self) -> str:
@@ -232,7 +235,9 @@ def _valid(marker: dict | None, info: ObjectInfo, digest: str) -> bool:
 
 async def side_markers(ctx: Context, side: Side, infos: list[ObjectInfo]) -> dict[str, dict | None]:
     """Each input's marker if it describes this version of the input and this job, else None."""
-    found = await _markers(ctx.stores, spill.chunk_prefix(ctx.root, side.name))
+    found = ctx.chunk_markers.get(side.name)
+    if found is None:
+        found = ctx.chunk_markers[side.name] = await _markers(ctx.stores, spill.chunk_prefix(ctx.root, side.name))
     digest = ctx.side_digest(side)
     out: dict[str, dict | None] = {}
     for info in infos:
@@ -265,12 +270,14 @@ async def partition_phase(ctx: Context, infos: dict[str, list[ObjectInfo]]) -> d
             ctx.failures.append(f"{side.name} {redact_uri(info.uri)}: {exc}")
             ctx.progress.step(redact_uri(info.uri), str(exc), failed=True)
             return
+        ctx.chunk_markers[side.name][spill.chunk_id(info.uri)] = marker
         ctx.progress.step(redact_uri(info.uri), f"{side.name}, {marker['rows']:,} keys")
 
     if ctx.spec.executor == "ray":
         from .ray import spill_on_ray
 
         await spill_on_ray(ctx, todo)
+        ctx.chunk_markers.clear()  # written by the tasks: read them again
     else:
         await _gather(todo, one, ctx.spec.concurrency)
     ctx.progress.close()
