@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,21 @@ with open(result, "w") as f:
                "peak_rss_kib": usage.ru_maxrss, "minor_faults": usage.ru_minflt, "floor_kib": floor,
                "returncode": os.waitstatus_to_exitcode(status)}, f)
 """
+
+
+def streamfilter_report(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """What streamfilter's report says it read and wrote (for comparison with the proxy), and its shards;
+    nothing if the run left no readable report."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}, []
+    shards = report.get("shards", [])
+    return {
+        "sf_bytes_read": report["totals"]["bytes_read"],
+        "sf_bytes_written": report["totals"]["bytes_written"],
+        "sf_output_via": dict(Counter(str(s.get("output_via")) for s in shards)),
+    }, shards
 
 
 def measure(cmd: list[str], env: dict[str, str], log_prefix: Path, timeout: float, cwd: Path) -> dict[str, Any]:

@@ -67,7 +67,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from harness import MIB, S3_KEY_ID, S3_REGION, S3_SECRET, CountingProxy, MotoServer, measure  # a sibling module
+from harness import (  # a sibling module
+    MIB,
+    S3_KEY_ID,
+    S3_REGION,
+    S3_SECRET,
+    CountingProxy,
+    MotoServer,
+    measure,
+    streamfilter_report,
+)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -403,7 +412,7 @@ class Bench:
             load1_after=os.getloadavg()[0],
         )
         if engine == "streamfilter":
-            result.update(streamfilter_report(self.logs / f"{tag}.report.json"))
+            result.update(set_report(self.logs / f"{tag}.report.json"))
         if result["returncode"] != 0:
             result["error"] = f"exit {result['returncode']}: " + " | ".join(result["stderr_tail"])[-600:]
         elif engine == "copy-floor":
@@ -470,17 +479,13 @@ class Bench:
         return None, same
 
 
-def streamfilter_report(path: Path) -> dict[str, Any]:
+def set_report(path: Path) -> dict[str, Any]:
     """What streamfilter says it read and wrote, and how each set's output came to be."""
-    try:
-        report = json.loads(path.read_text())
-    except (OSError, ValueError):
+    totals, shards = streamfilter_report(path)
+    if not totals:
         return {}
-    shards = report.get("shards", [])
     return {
-        "sf_bytes_read": report["totals"]["bytes_read"],
-        "sf_bytes_written": report["totals"]["bytes_written"],
-        "sf_output_via": dict(Counter(str(s.get("output_via")) for s in shards)),
+        **totals,
         "sf_seconds_by_via": {
             via: round(sum(s.get("seconds") or 0 for s in shards if s.get("output_via") == via), 2)
             for via in {str(s.get("output_via")) for s in shards}

@@ -39,11 +39,19 @@ import statistics
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from harness import MIB, S3_KEY_ID, S3_REGION, S3_SECRET, CountingProxy, MotoServer, measure  # a sibling module
+from harness import (  # a sibling module
+    MIB,
+    S3_KEY_ID,
+    S3_REGION,
+    S3_SECRET,
+    CountingProxy,
+    MotoServer,
+    measure,
+    streamfilter_report,
+)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -461,17 +469,10 @@ class Bench:
     @staticmethod
     def streamfilter_report(path: Path) -> dict[str, Any]:
         """What streamfilter says it read, wrote and how each output came to be (for comparison with the proxy)."""
-        try:
-            report = json.loads(path.read_text())
-        except (OSError, ValueError):
+        totals, shards = streamfilter_report(path)
+        if not totals:
             return {}
-        shards = report.get("shards", [])
-        return {
-            "sf_bytes_read": report["totals"]["bytes_read"],
-            "sf_bytes_written": report["totals"]["bytes_written"],
-            "sf_output_via": dict(Counter(str(s.get("output_via")) for s in shards)),
-            "sf_via_by_shard": {s["input"].rsplit("/", 1)[-1]: s.get("output_via") for s in shards},
-        }
+        return {**totals, "sf_via_by_shard": {s["input"].rsplit("/", 1)[-1]: s.get("output_via") for s in shards}}
 
     def check(
         self, names: list[str], out_prefix: str, ds: dict[str, Any], server: MotoServer | None, must_match: bool
