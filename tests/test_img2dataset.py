@@ -53,6 +53,15 @@ def check_set(src: Path, out_tar: bytes, out_parquet: pa.Table, out_stats: dict,
     assert out_stats == expected_stats(src, stem, table, listed)
 
 
+def check_local_sets(src: Path, out: Path, sets: list, listed) -> None:
+    """Every set written under the local directory ``out``, checked against its source in ``src``."""
+    for i, (_, table) in enumerate(sets):
+        stem = f"{i:05d}"
+        stats = json.loads((out / f"{stem}_stats.json").read_text())
+        check_set(src, (out / f"{stem}.tar").read_bytes(), read_parquet(out / f"{stem}.parquet"), stats, stem,
+                  table, listed)  # fmt: skip
+
+
 def test_local_sets_stay_consistent_and_clean_sets_are_copied(tmp_path: Path) -> None:
     src = tmp_path / "in"
     sets = [make_set(src, i, n=40) for i in range(3)]
@@ -67,11 +76,7 @@ def test_local_sets_stay_consistent_and_clean_sets_are_copied(tmp_path: Path) ->
 
     assert report.ok, [s.error for s in report.shards]
     out = tmp_path / "out"
-    for i, (_, table) in enumerate(sets):
-        stem = f"{i:05d}"
-        stats = json.loads((out / f"{stem}_stats.json").read_text())
-        check_set(src, (out / f"{stem}.tar").read_bytes(), read_parquet(out / f"{stem}.parquet"), stats, stem,
-                  table, listed)  # fmt: skip
+    check_local_sets(src, out, sets, listed)
     s0, s1, s2 = report.shards
     assert (s0.rows_in, s0.rows_removed, s0.members_in, s0.members_out) == (43, 3, 120, 114)
     assert s1.output_via == "byte_copy" and s1.rows_removed == 0
@@ -150,10 +155,5 @@ def test_sets_served_over_http_are_filtered_into_a_local_prefix(http_server, tmp
     )  # fmt: skip
 
     assert report.ok, [s.error for s in report.shards]
-    out = tmp_path / "out"
-    for i, (_, table) in enumerate(sets):
-        stem = f"{i:05d}"
-        stats = json.loads((out / f"{stem}_stats.json").read_text())
-        check_set(served, (out / f"{stem}.tar").read_bytes(), read_parquet(out / f"{stem}.parquet"), stats, stem,
-                  table, listed)  # fmt: skip
+    check_local_sets(served, tmp_path / "out", sets, listed)
     assert [s.output_via for s in report.shards] == ["rewrite", "byte_copy"]
