@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+from .concurrency import gather_limited
 from .store import ObjectInfo, Stores
 
 Status = Literal["done", "failed"]
@@ -103,14 +104,23 @@ def receipt_uri(output_prefix: str, name: str) -> str:
     return f"{output_prefix.rstrip('/')}/{RECEIPTS_DIR}/{name}.json"
 
 
+#: .json objects read at once by :func:`json_objects` (receipts, markers: small requests).
+JSON_READS_AT_ONCE = 32
+
+
 async def json_objects(prefix: str, stores: Stores) -> dict[str, bytes]:
-    """Every .json object under ``prefix`` (receipts, worker reports), by its name relative to it."""
+    """Every .json object under ``prefix`` (receipts, worker reports, diff markers), by its name relative to it.
+
+    Read concurrently, each with one ranged read of the size its listing gave (no HEAD).
+    """
     store = stores.for_uri(prefix)
-    return {
-        info.uri[len(prefix) :]: await store.read_all(info.uri)
-        for info in await store.list(prefix)
-        if info.uri.endswith(".json")
-    }
+    found = [info for info in await store.list(prefix) if info.uri.endswith(".json")]
+
+    async def read(info: ObjectInfo) -> bytes:
+        return await store.read_range(info.uri, 0, info.size) if info.size else b""
+
+    values = await gather_limited(found, read, JSON_READS_AT_ONCE)
+    return {info.uri[len(prefix) :]: data for info, data in zip(found, values, strict=True)}
 
 
 async def read_receipts(output_prefix: str, stores: Stores) -> dict[str, Receipt | None]:

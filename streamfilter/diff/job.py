@@ -12,7 +12,6 @@ import ctypes
 import itertools
 import json
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -23,8 +22,10 @@ import pyarrow.compute as pc
 from anyio.from_thread import BlockingPortal
 
 from .._version import __version__
+from ..concurrency import gather_limited
 from ..errors import ShardError, StreamfilterError, UsageError, redact_uri
 from ..formats.parquet import ParquetShard
+from ..ledger import json_objects
 from ..plan import Shard, expand_input, worker_of
 from ..store import ObjectInfo, Stores
 from . import spill
@@ -100,37 +101,12 @@ async def estimate_rows(infos: list[ObjectInfo], stores: Stores, portal: Blockin
             file.close()
         return metadata.num_rows, info.size
 
-    found = [f for f in await _gather(picks, lambda i: anyio.to_thread.run_sync(footer, i), SAMPLE_SHARDS) if f]
+    found = [f for f in await gather_limited(picks, lambda i: anyio.to_thread.run_sync(footer, i), SAMPLE_SHARDS) if f]
     total = sum(i.size for i in infos)
     sampled = sum(f[1] for f in found)
     if not sampled:
         return total // FALLBACK_BYTES_PER_ROW
     return int(sum(f[0] for f in found) * total / sampled)
-
-
-async def _gather(items: list, fn: Callable[..., Awaitable], limit: int) -> list:
-    """``fn`` over ``items``, ``limit`` at a time; the first failure is re-raised as itself.
-
-    A task group would wrap it in an ExceptionGroup, which the CLI's one-line error
-    handling does not catch; the other calls finish first (they are short requests).
-    """
-    results: list = [None] * len(items)
-    errors: list[Exception] = []
-    limiter = anyio.CapacityLimiter(limit)
-
-    async def one(i: int) -> None:
-        async with limiter:
-            try:
-                results[i] = await fn(items[i])
-            except Exception as exc:
-                errors.append(exc)
-
-    async with anyio.create_task_group() as tg:
-        for i in range(len(items)):
-            tg.start_soon(one, i)
-    if errors:
-        raise errors[0]
-    return results
 
 
 async def list_side(side: Side, stores: Stores) -> list[ObjectInfo]:
@@ -148,30 +124,33 @@ async def list_side(side: Side, stores: Stores) -> list[ObjectInfo]:
         return known.get(uri) or await stores.for_uri(uri).stat(uri)
 
     try:
-        return await _gather(uris, info, _META_CONCURRENCY)
+        return await gather_limited(uris, info, _META_CONCURRENCY)
     except ShardError as exc:
         raise UsageError(f"--{side.name}: {exc}") from None
 
 
-async def _read_json(stores: Stores, uri: str) -> dict | None:
-    store = stores.for_uri(uri)
+def _parse(data: bytes) -> dict | None:
     try:
-        return json.loads(await store.read_all(uri))
-    except ShardError:
-        return None
+        return json.loads(data)
     except ValueError:
         return None  # a torn or foreign object under our prefix: the work is redone
 
 
-async def _markers(stores: Stores, prefix: str) -> dict[str, dict]:
-    """Every marker under ``prefix``, by file name without ``.json``."""
+async def _read_json(stores: Stores, uri: str) -> dict | None:
     try:
-        listed = await stores.for_uri(prefix).list(prefix)
+        return _parse(await stores.for_uri(uri).read_all(uri))
+    except ShardError:
+        return None
+
+
+async def _markers(stores: Stores, prefix: str) -> dict[str, dict]:
+    """Every marker under ``prefix``, by file name without ``.json``; none if they cannot be read (redone)."""
+    try:
+        found = await json_objects(prefix, stores)
     except ShardError:
         return {}
-    found = [i.uri for i in listed if i.uri.endswith(".json")]
-    values = await _gather(found, lambda uri: _read_json(stores, uri), _META_CONCURRENCY)
-    return {uri.rsplit("/", 1)[1][:-5]: v for uri, v in zip(found, values, strict=True) if v is not None}
+    parsed = {name.rsplit("/", 1)[-1][:-5]: _parse(data) for name, data in found.items()}
+    return {name: marker for name, marker in parsed.items() if marker is not None}
 
 
 async def open_job(spec: DiffSpec, stores: Stores, portal: BlockingPortal, infos: dict[str, list[ObjectInfo]]) -> int:
@@ -279,7 +258,7 @@ async def partition_phase(ctx: Context, infos: dict[str, list[ObjectInfo]]) -> d
         await spill_on_ray(ctx, todo)
         ctx.chunk_markers.clear()  # written by the tasks: read them again
     else:
-        await _gather(todo, one, ctx.spec.concurrency)
+        await gather_limited(todo, one, ctx.spec.concurrency)
     ctx.progress.close()
     return resumed
 
@@ -378,7 +357,7 @@ async def resolve_phase(ctx: Context, works: list[PartitionWork]) -> int:
 
         await resolve_on_ray(ctx, todo)
     else:
-        await _gather(todo, one, ctx.spec.concurrency)
+        await gather_limited(todo, one, ctx.spec.concurrency)
     ctx.progress.close()
     return len(mine) - len(todo)
 
@@ -404,7 +383,7 @@ async def merge_phase(ctx: Context, works: list[PartitionWork], sides: dict, der
         size = done[f"p{work.partition:05d}"]["bytes"]
         return spill.from_ipc(await ctx.stores.for_uri(uri).read_range(uri, 0, size))
 
-    tables = [t for t in await _gather(works, removals, _META_CONCURRENCY) if t.num_rows]
+    tables = [t for t in await gather_limited(works, removals, _META_CONCURRENCY) if t.num_rows]
     located = pa.concat_tables(tables) if tables else REMOVALS_SCHEMA.empty_table()
     located = located.sort_by([("chunk", "ascending"), ("row", "ascending")]).combine_chunks()
     # One slice per shard: where the (sorted) chunk column changes.
@@ -412,7 +391,7 @@ async def merge_phase(ctx: Context, works: list[PartitionWork], sides: dict, der
     bounds = [0, *(np.flatnonzero(chunk_of_row[1:] != chunk_of_row[:-1]) + 1).tolist(), len(chunk_of_row)]
     per_shard = [located.slice(a, b - a) for a, b in itertools.pairwise(bounds) if b > a]
     shards = {spill.chunk_id(info.uri): info for info in derivative}
-    fetched = await _gather(
+    fetched = await gather_limited(
         per_shard, lambda rows: fetch_keys(ctx, shards[rows.column("chunk")[0].as_py()], rows), ctx.spec.concurrency
     )
     keys = pc.unique(pa.concat_arrays(fetched)) if fetched else pa.array([], pa.large_binary())
