@@ -22,6 +22,7 @@ import json
 
 import pyarrow as pa
 
+from .. import ledger
 from ..store import ObjectInfo
 
 #: Bumped when the layout or the spill tables change: old markers then no longer count.
@@ -77,11 +78,9 @@ def result_marker_uri(root: str, partition: int) -> str:
 
 
 def input_identity(info: ObjectInfo) -> dict:
-    """What names one version of an input: a marker for another version does not count."""
-    identity = {"uri": info.uri, "size": info.size, "etag": info.etag, "version_id": info.version_id}
-    if info.etag is None:  # local files have no ETag, and a rewrite may keep the size
-        identity["mtime"] = info.mtime
-    return identity
+    """What names one version of an input (the version a receipt records, and where): a marker for
+    another version does not count."""
+    return {"uri": info.uri, **ledger.input_identity(info)}
 
 
 def digest(value: object) -> str:
