@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import MIB, measure  # a sibling module
+from harness import ENV_AT_START, MIB, measure  # a sibling module
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -491,7 +491,7 @@ class Bench:
         shutil.rmtree(self.logs, ignore_errors=True)
         self.logs.mkdir(parents=True)
         self.truth = read_list(self.root / "removals.txt")
-        self.env = dict(os.environ)
+        self.env = dict(ENV_AT_START)
         self.runs: list[dict[str, Any]] = []
 
     def fresh_out(self) -> Path:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -16,6 +17,10 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+#: The environment before anything imports streamfilter, whose package sets allocator and thread
+#: variables in its own process: engines are spawned with this one, so the anchors never inherit them.
+ENV_AT_START = dict(os.environ)
 
 #: Runs in its own small interpreter and spawns the engine. Its child's ru_maxrss is the engine's own
 #: peak: Linux keeps the high-water mark across exec, and a child spawned straight from this harness

@@ -68,6 +68,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import (  # a sibling module
+    ENV_AT_START,
     MIB,
     S3_KEY_ID,
     S3_REGION,
@@ -339,7 +340,7 @@ class Bench:
         self.logs.mkdir(parents=True)
         self.runs: list[dict[str, Any]] = []
         self.notes: list[str] = []
-        self.env = dict(os.environ)
+        self.env = dict(ENV_AT_START)
         for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
             self.env.pop(name, None)
         self.env.update(

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import (  # a sibling module
+    ENV_AT_START,
     MIB,
     S3_KEY_ID,
     S3_REGION,
@@ -327,7 +328,7 @@ class Bench:
         self.logs = DATA / "logs"
         shutil.rmtree(self.logs, ignore_errors=True)
         self.logs.mkdir(parents=True)
-        self.env = dict(os.environ)
+        self.env = dict(ENV_AT_START)
         for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
             self.env.pop(name, None)
         self.env.update(

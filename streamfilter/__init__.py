@@ -7,10 +7,20 @@
 from __future__ import annotations
 
 import os
+import sys
 
-# pyarrow's allocator (mimalloc) otherwise holds freed pages for a while; with
-# several shards decoding at once that retention was a third of peak RSS
-# (625 -> 447 MiB at concurrency 4, measured). Must be set before pyarrow loads.
+# Set before numpy and pyarrow load.
+# - numpy's OpenBLAS threads spin after start-up: 2% of a dense run's CPU (perf), and nothing
+#   here does linear algebra.
+# - pyarrow's default allocator (mimalloc) handed freed pages back and faulted fresh zeroed huge
+#   pages in again: 8% of a dense run's CPU went to the kernel's clear_page (perf), and peak RSS
+#   was twice the pool's own peak. jemalloc, in pyarrow's Linux wheels, reuses them: peak RSS
+#   493 -> 391 MiB and CPU 5.2 -> 4.7 s on the dense benchmark (medians of 6).
+# - Where mimalloc stays, it still holds freed pages for a second instead of a few milliseconds:
+#   that retention had been a third of peak RSS at concurrency 4 (625 -> 447 MiB, measured).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+if sys.platform == "linux":
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
 os.environ.setdefault("MIMALLOC_PURGE_DELAY", "1000")
 
 from typing import Any
