@@ -1,11 +1,37 @@
-"""A bounded concurrent map for async I/O: many small requests at once, errors as themselves."""
+"""How much runs at once: the CPUs this process may use, and a bounded concurrent map for async I/O."""
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 import anyio
+
+#: cgroup v2's CPU limit of this container: "max 100000" (none) or "<quota> <period>".
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def usable_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """The CPUs this process may use: its affinity, capped by a container's CPU limit.
+
+    ``os.cpu_count()`` counts the host's CPUs; in a pod limited to 2 of 64 it would
+    plan for 64.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity outside Linux
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):  # no cgroup v2 file here, or one we do not understand
+        pass
+    return cpus
+
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -8,13 +8,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .concurrency import usable_cpus
 from .errors import UsageError
 from .formats import FORMATS
 from .keys import KeySpec
 from .store import StoreOptions, expand_header
 
 Mode = Literal["deny", "allow"]
-DEFAULT_CONCURRENCY = 3
+#: Shards in flight: one per usable CPU, at least 2 (one decodes while the other waits on the store)
+#: and at most 4 (each holds about a row group twice, ~100 MiB with LAION's row groups). On the
+#: 2-core benchmark machine 2 ran as fast as 3 (dense local 2.90 s against 3.12 s, dense S3 5.22 s
+#: against 5.15 s, sparse S3 5.92 s against 5.95 s; medians of 4-6) with 100 MiB less peak RSS.
+DEFAULT_CONCURRENCY = min(max(usable_cpus(), 2), 4)
 #: Kubernetes waits 30 s between SIGTERM and SIGKILL by default; leave time to abort and report.
 DEFAULT_GRACE_SECONDS = 20.0
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import threading
 
 import anyio
 from anyio.from_thread import BlockingPortal
 
+from ..concurrency import usable_cpus
 from ..engine import RunContext, listed_receipts, process_shard, shard_report
 from ..ledger import ShardReport
 from ..pipelines import Filter, ShardTools
@@ -40,7 +40,7 @@ async def run_shards(
     tools = ShardTools(
         Filter(spec.key, key_set, spec.mode),
         progress,
-        decode_threads=in_flight < (os.cpu_count() or 1),
+        decode_threads=in_flight < usable_cpus(),
         cancelled=threading.Event(),
         on_unkeyed=spec.on_unkeyed,
         sidecar=spec.sidecar,
