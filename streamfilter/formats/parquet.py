@@ -128,18 +128,18 @@ class ParquetShard:
         """One row group, decoded on its own (no look-ahead): for readers that need only a few."""
         if row_group_bytes(self.metadata, index, columns) > MAX_ROW_GROUP_BYTES:
             self.check_row_groups(columns)  # raises, naming the row group and the limit
+        return self.read(index, columns, use_threads=False)
+
+    def read(self, index: int, columns: list[str] | None = None, use_threads: bool = False) -> pa.Table:
+        """Decode (columns of) one row group; a decoding error fails the shard, naming the row group."""
         try:
-            return self._pf.read_row_group(index, columns=columns, use_threads=False)
+            return self._pf.read_row_group(index, columns=columns, use_threads=use_threads)
         except (pa.ArrowException, OSError) as exc:
             raise ShardError(f"{self.name}: row group {index} cannot be decoded ({exc}); the file is corrupt") from None
 
-    def row_groups(
-        self, columns: list[str] | None = None, use_threads: bool = True, first_alone: bool = False
-    ) -> Iterator[pa.Table]:
-        """Decoded row groups in order, with the next one's bytes fetched in the background.
+    def fetched(self, columns: list[str] | None = None, first_alone: bool = False) -> Iterator[int]:
+        """Row-group indexes in order, each one's bytes requested (and the next one's) before it is yielded.
 
-        ``use_threads`` decodes columns in parallel: right when this shard is alone on
-        the machine, wasteful when other shards already keep every core busy.
         ``first_alone`` fetches the first row group without the second, for a reader that
         is likely to stop after it (a scan that meets a hit at once).
         """
@@ -153,10 +153,37 @@ class ParquetShard:
                     prefetch(ahead[:1] if i == 0 else ahead)
                 else:
                     prefetch(ahead if i == 0 else ahead[1:])
-            try:
-                yield self._pf.read_row_group(i, columns=columns, use_threads=use_threads)
-            except (pa.ArrowException, OSError) as exc:
-                raise ShardError(f"{self.name}: row group {i} cannot be decoded ({exc}); the file is corrupt") from None
+            yield i
+
+    def row_groups(
+        self, columns: list[str] | None = None, use_threads: bool = True, first_alone: bool = False
+    ) -> Iterator[pa.Table]:
+        """Decoded row groups in order, with the next one's bytes fetched in the background.
+
+        ``use_threads`` decodes columns in parallel: right when this shard is alone on
+        the machine, wasteful when other shards already keep every core busy.
+        """
+        for i in self.fetched(columns, first_alone):
+            yield self.read(i, columns, use_threads)
+
+    def kept_rows(self, index: int, keep: pa.Array | None, decoded: pa.Table, use_threads: bool = False) -> pa.Table:
+        """Row group ``index`` with only the rows ``keep`` marks (all if None), decoded a column at a time.
+
+        ``decoded`` holds columns already read (the keys). Each other column is decoded,
+        filtered and its decoded copy dropped before the next: the peak is the kept rows
+        plus one column's decoding, where decoding the whole row group first peaked at
+        about three times its size (a column's buffers grow by doubling as it decodes).
+        """
+        names = self.schema.names
+        if len(set(names)) < len(names):  # a column cannot be picked by a name it shares
+            table = self.read(index, None, use_threads)
+            return table if keep is None else table.filter(keep)
+        parts = []
+        for name in names:
+            column = decoded.column(name) if name in decoded.column_names else self.read(index, [name]).column(0)
+            parts.append(column if keep is None else column.filter(keep))
+            del column
+        return pa.Table.from_arrays(parts, schema=self.schema)
 
 
 def writer_options(metadata: pq.FileMetaData) -> dict:

@@ -21,18 +21,21 @@ def filter_shard(files: ShardFiles, tools: ShardTools) -> Counts:
     rule, name = tools.rule, files.name
     shard = _open(files, tools)
     output = ParquetOutput(files.sink, shard.schema, shard.metadata) if files.sink is not None else None
-    columns = list(rule.key.columns) if output is None else None
+    keys = list(rule.key.columns)
+    columns = keys if output is None else None
     counts = Counts()
-    for i, table in enumerate(shard.row_groups(columns, use_threads=tools.decode_threads)):
+    for i in shard.fetched(columns):
         tools.check_cancelled(name)
+        # The keys first, then the other columns one at a time (see kept_rows).
+        table = shard.read(i, keys, tools.decode_threads)
         keep = rule.keep_mask(table, name)
-        kept = keep.true_count
-        counts.rows_in += table.num_rows
+        rows, kept = table.num_rows, keep.true_count
+        counts.rows_in += rows
         counts.rows_out += kept
         if output is not None:
-            output.write(table if kept == table.num_rows else table.filter(keep))
+            output.write(shard.kept_rows(i, keep if kept < rows else None, table, tools.decode_threads))
         start, end = row_group_span(shard.metadata, i, columns)
-        tools.progress.add(table.num_rows, end - start)  # stored (compressed) bytes, as read
+        tools.progress.add(rows, end - start)  # stored (compressed) bytes, as read
         del table, keep  # free this row group before the next one is decoded: one, not two, in memory
     if output is not None:
         output.close()
