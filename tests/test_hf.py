@@ -241,6 +241,14 @@ def run_cli(inputs: list[str], tmp_path: Path, *extra: str) -> int:
     )
 
 
+def use_token(monkeypatch: pytest.MonkeyPatch, token: str | None) -> None:
+    """HF_TOKEN set to ``token``, or unset for None."""
+    if token is None:
+        monkeypatch.delenv("HF_TOKEN")
+    else:
+        monkeypatch.setenv("HF_TOKEN", token)
+
+
 def assert_secret_free(texts: list[str], *secrets: str) -> None:
     for text in texts:
         for secret in secrets:
@@ -259,10 +267,7 @@ def test_access_denied_fails_the_shard_clearly(
     hub: HubStandin, repo: Path, tmp_path: Path, monkeypatch, capsys, caplog, token, status, says
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    if token is None:
-        monkeypatch.delenv("HF_TOKEN")
-    else:
-        monkeypatch.setenv("HF_TOKEN", token)
+    use_token(monkeypatch, token)
     if status == 403:
         hub.denied.add(token)
 
@@ -290,10 +295,7 @@ def test_access_denied_on_a_glob_is_a_usage_error(
     hub: HubStandin, repo: Path, tmp_path: Path, monkeypatch, capsys, caplog, token
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    if token is None:
-        monkeypatch.delenv("HF_TOKEN")
-    else:
-        monkeypatch.setenv("HF_TOKEN", token)
+    use_token(monkeypatch, token)
 
     code = run_cli([f"{BASE}/data/*.parquet"], tmp_path)
 
