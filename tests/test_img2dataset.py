@@ -27,7 +27,7 @@ def make_set(root: Path, index: int, n: int, failed: int = 3, **kw) -> tuple[lis
     stats = {
         "count": n + failed, "successes": n, "failed_to_download": failed, "failed_to_resize": 0,
         "duration": 12.5, "start_time": 1700000000.0, "end_time": 1700000012.5,
-        "status_dict": {"success": n, "failed_to_download": failed},
+        "status_dict": {"success": n, "404": failed},  # img2dataset's keys: success, or the error message
     }  # fmt: skip
     (root / f"{stem}_stats.json").write_text(json.dumps(stats, indent=4))
     return urls, table
@@ -40,7 +40,9 @@ def expected_stats(root: Path, stem: str, table: pa.Table, listed: set[str]) -> 
     stats["count"] -= removed.num_rows
     for field, status in (("successes", "success"), ("failed_to_download", "failed_to_download")):
         stats[field] -= statuses.count(status)
-        stats["status_dict"][status] -= statuses.count(status)
+    for status, message in zip(statuses, removed["error_message"].to_pylist(), strict=True):
+        stats["status_dict"][status if status == "success" else message] -= 1
+    stats["status_dict"] = {reason: n for reason, n in stats["status_dict"].items() if n}
     return stats
 
 

@@ -54,6 +54,8 @@ class Decision:
     removed_rows: int
     #: How many removed rows had each status (``success``, ``failed_to_download``, …).
     removed_status: Counter
+    #: How many removed rows had each ``status_dict`` key: ``success``, or the failure's error message.
+    removed_reasons: Counter
     #: The samples' keys, for the tar (None when the Parquet has no ``key`` column, or nothing goes).
     sidecar: SidecarKeys | None = None
 
@@ -63,10 +65,11 @@ def decide(files: ShardFiles, tools: ShardTools) -> Decision:
     name = files.name
     shard = ParquetShard(files.source, name)
     require_columns(shard.schema, tools.rule.key, name)
-    extra = [c for c in ("key", "status") if c in shard.schema.names]
+    extra = [c for c in ("key", "status", "error_message") if c in shard.schema.names]
     columns = list(dict.fromkeys([*tools.rule.key.columns, *extra]))
     rows = removed = 0
     status: Counter = Counter()
+    reasons: Counter = Counter()
     keyed: list[tuple[pa.Table, pa.Array]] = []  # made into Python sets only if something goes
     for table in shard.row_groups(columns, use_threads=False):
         tools.check_cancelled(name)
@@ -76,10 +79,8 @@ def decide(files: ShardFiles, tools: ShardTools) -> Decision:
         n = drop.true_count
         removed += n
         if n and "status" in table.column_names:
-            counts = pc.value_counts(
-                table.column("status").filter(drop).cast(pa.large_string()).fill_null("")
-            ).to_pylist()
-            status.update({c["values"]: c["counts"] for c in counts})
+            status.update(_value_counts(table.column("status").filter(drop)))
+            reasons.update(_value_counts(_status_dict_keys(table.filter(drop))))
         if "key" in table.column_names:
             keyed.append((table.select(["key"]), drop))
     sidecar = None
@@ -91,7 +92,22 @@ def decide(files: ShardFiles, tools: ShardTools) -> Decision:
             known += table_known
             dropped += table_dropped
         sidecar = SidecarKeys(name, tools, known, dropped, name)
-    return Decision(rows, removed, status, sidecar)
+    return Decision(rows, removed, status, reasons, sidecar)
+
+
+def _value_counts(values: pa.ChunkedArray | pa.Array) -> Counter:
+    counts = pc.value_counts(values.cast(pa.large_string()).fill_null("")).to_pylist()
+    return Counter({c["values"]: c["counts"] for c in counts})
+
+
+def _status_dict_keys(removed: pa.Table) -> pa.ChunkedArray:
+    """The key each row has in ``status_dict``: img2dataset counts a success as ``success`` and a
+    failure by its error message (``HTTP Error 404: Not Found``), the row's ``error_message``."""
+    status = removed.column("status").cast(pa.large_string())
+    if "error_message" not in removed.column_names:
+        return status
+    message = removed.column("error_message").cast(pa.large_string())
+    return pc.if_else(pc.equal(status, SUCCESS), status, pc.coalesce(message, status))
 
 
 def updated_stats(data: bytes, decision: Decision, name: str) -> bytes:
@@ -108,10 +124,13 @@ def updated_stats(data: bytes, decision: Decision, name: str) -> bytes:
     for field, n in lowered.items():
         if isinstance(stats.get(field), int):
             stats[field] -= n
-    if isinstance(stats.get("status_dict"), dict):
-        for status, n in decision.removed_status.items():
-            if isinstance(stats["status_dict"].get(status), int):
-                stats["status_dict"][status] -= n
+    status_dict = stats.get("status_dict")
+    if isinstance(status_dict, dict):
+        for reason, n in decision.removed_reasons.items():
+            if isinstance(status_dict.get(reason), int):
+                status_dict[reason] -= n
+                if status_dict[reason] <= 0:  # img2dataset lists only what occurred
+                    del status_dict[reason]
     return (json.dumps(stats, indent=4) + "\n").encode()
 
 
