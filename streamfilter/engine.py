@@ -14,6 +14,7 @@ shards run at once, and where, is the executor's business (``executors/``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -32,7 +33,8 @@ from .ledger import Receipt, Report, ShardReport, input_identity, receipt_uri, w
 from .pipelines import Counts, Pipeline, ShardFiles, ShardTools, pipeline_for, scanner_for, sibling
 from .plan import Shard, plan_shards, worker_share
 from .progress import Progress
-from .sets import KeySet, build_key_set, load_filter
+from .sets import KeySet, build_key_set
+from .sets.load import open_filter
 from .spec import JobSpec
 from .store import ObjectInfo, PartSink, Stores, scheme_of
 
@@ -230,7 +232,7 @@ async def process_shard(shard: Shard, ctx: RunContext) -> ShardReport:
         receipt = await read_receipt(shard, ctx, info)
         if receipt is not None:
             report.rows_in, report.rows_out = receipt.rows_in, receipt.rows_out
-            report.bytes_written, report.output_etag = receipt.output_size, receipt.output_etag
+            report.earlier_bytes_written, report.output_etag = receipt.output_size, receipt.output_etag
             report.bytes_saved = info.size - receipt.output_size
             report.resumed = True
         else:
@@ -253,8 +255,16 @@ async def process_shard(shard: Shard, ctx: RunContext) -> ShardReport:
     finally:
         report.bytes_read += opened.close()
         report.seconds = round(time.perf_counter() - start, 4)
+        report.abandoned_uploads = ctx.stores.abandoned_uploads(_outputs_of(shard))
     ctx.tools.progress.shard_finished(report)
     return report
+
+
+def _outputs_of(shard: Shard) -> set[str]:
+    """Every object a shard may write: its output, and an img2dataset set's siblings of it."""
+    if shard.output is None:
+        return set()
+    return {shard.output, sibling(shard.output, ".parquet"), sibling(shard.output, "_stats.json")}
 
 
 async def write_receipt(
@@ -297,22 +307,24 @@ def output_manifest(report: Report) -> bytes:
     return "".join(line + "\n" for line in lines).encode()
 
 
-async def membership(spec: JobSpec, stores: Stores) -> KeySet:
-    """The run's key set, checked before any shard is touched.
+async def membership(spec: JobSpec, stores: Stores) -> tuple[JobSpec, KeySet]:
+    """The run's key set, checked before any shard is touched, and the spec to run it with
+    (a filter file supplies the key spec it was built with, where the user chose none).
 
     Allow mode keeps the rows whose key matches; a Bloom filter's false positive would
     then keep a row that should go, so it needs the user's explicit acceptance.
     """
     if spec.filter is None:
-        return await build_key_set(list(spec.blocklists), spec.key, stores)
-    key_set = await load_filter(spec.filter, spec.key, stores)
+        return spec, await build_key_set(list(spec.blocklists), spec.key, stores)
+    key, key_set = await open_filter(spec.filter, spec.key, stores, spec.key_given)
+    spec = dataclasses.replace(spec, key=key)
     if spec.mode == "allow" and key_set.kind == "bloom" and not spec.accept_false_positives:
         raise UsageError(
             f"--mode allow with the Bloom filter {redact_uri(spec.filter)} would keep about "
             f"{key_set.false_match_rate():.2%} of the rows that should go (its false-positive rate); use an exact "
             "list or a fingerprint set, or pass --accept-false-positives to take that risk"
         )
-    return key_set
+    return spec, key_set
 
 
 async def run_job(
@@ -346,7 +358,7 @@ async def run_job(
         if spec.report and not stores.for_uri(spec.report).writable:
             raise UsageError(f"--report {redact_uri(spec.report)}: cannot write there; use s3:// or a local path")
         shards = worker_share(plan.shards, spec.num_workers, spec.worker_index)
-        key_set = await membership(spec, stores)
+        spec, key_set = await membership(spec, stores)
         progress.total = len(shards)
         if spec.executor == "ray":
             from .executors.ray import run_shards_on_ray as run_shards

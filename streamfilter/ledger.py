@@ -24,8 +24,10 @@ class ShardReport:
     bytes_written: int = 0
     seconds: float = 0.0
     error: str | None = None
-    #: True when a receipt from an earlier run showed this shard already done.
+    #: True when a receipt from an earlier run showed this shard already done. Such a shard read and
+    #: wrote nothing in this run (``bytes_written`` 0); its output's size is in ``earlier_bytes_written``.
     resumed: bool = False
+    earlier_bytes_written: int = 0
     #: The committed output's ETag (S3), for the next stage's manifest.
     output_etag: str | None = None
     #: Input size minus output size: what the rewrite saved.
@@ -38,6 +40,9 @@ class ShardReport:
     members_out: int | None = None
     #: Samples or lines kept without a usable key (only with ``on_unkeyed = "keep"``).
     unkeyed: int | None = None
+    #: Multipart uploads of this shard's outputs left unfinished because the store refused to abort
+    #: them (``uri``, ``upload_id``): abort them yourself, or let a lifecycle rule remove them.
+    abandoned_uploads: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -71,6 +76,7 @@ class Report:
             "rows_removed": sum(s.rows_removed for s in done),
             "bytes_read": sum(s.bytes_read for s in self.shards),
             "bytes_written": sum(s.bytes_written for s in done),
+            "earlier_bytes_written": sum(s.earlier_bytes_written for s in done),
             "bytes_saved": sum(s.bytes_saved for s in done),
             "seconds": round(self.seconds, 3),
         }
@@ -88,8 +94,10 @@ class Report:
     def summary(self) -> str:
         t = self.totals
         verb = "would remove" if self.dry_run else "removed"
+        # Shards skipped by their receipts are done, their rows counted as the earlier run left them.
+        skipped = f" ({t['resumed']} skipped: done by an earlier run)" if t["resumed"] else ""
         line = (
-            f"{t['done']}/{t['shards']} shards done, {t['failed']} failed; {verb} {t['rows_removed']:,} "
+            f"{t['done']}/{t['shards']} shards done{skipped}, {t['failed']} failed; {verb} {t['rows_removed']:,} "
             f"of {t['rows_in']:,} rows; {t['bytes_read'] / 1e6:,.1f} MB read, "
             f"{t['bytes_written'] / 1e6:,.1f} MB written in {t['seconds']:.1f} s"
         )

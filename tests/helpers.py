@@ -163,6 +163,8 @@ REPORT_SHARD_FIELDS = {
     "members_out",
     "unkeyed",
     "output_via",
+    "earlier_bytes_written",
+    "abandoned_uploads",
 }
 
 

@@ -421,6 +421,7 @@ def test_api_returns_report_fields(tmp_path: Path) -> None:
         "rows_removed": 10,
         "bytes_read": shard.bytes_read,
         "bytes_written": shard.bytes_written,
+        "earlier_bytes_written": 0,
         "bytes_saved": src.stat().st_size - shard.bytes_written,
         "seconds": report.totals["seconds"],
     }

@@ -96,6 +96,9 @@ def test_rerun_skips_done_shards_and_redoes_changed_ones(tmp_path: Path, shard_s
     assert again.ok and all(s.resumed for s in again.shards)
     assert [s.rows_removed for s in again.shards] == [s.rows_removed for s in first.shards]
     assert again.totals["resumed"] == 4 and again.totals["bytes_read"] == 0
+    # Nothing was written by this run; what the earlier one wrote is told apart, shard by shard.
+    assert again.totals["bytes_written"] == 0 and [s.bytes_written for s in again.shards] == [0] * 4
+    assert [s.earlier_bytes_written for s in again.shards] == [s.bytes_written for s in first.shards]
     assert outputs_and_receipts(tmp_path / "out") == before
 
     # A changed input, a deleted output and a corrupt receipt are redone; the rest is skipped.

@@ -18,6 +18,7 @@ input Parquet only, so the result is the same.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from collections import Counter
@@ -32,6 +33,7 @@ from ..errors import ShardError, StreamfilterError, redact_uri
 from ..formats.parquet import ParquetShard
 from ..formats.webdataset import BLOCK, RECORD, TarReader
 from ..keys import require_columns
+from ..store import Refused
 from . import Counts, ShardFiles, ShardTools, pipeline_for, sibling
 from .webdataset import SidecarKeys, kept_runs, sidecar_rows
 
@@ -200,15 +202,22 @@ async def _rewrite_set(
     # Assembly moves up to a part (5 MiB) each way per cut; with cuts denser than that, streaming the
     # tar moves less (measured: 250 cuts in a 21 MiB tar moved 1.6x the bytes of a streamed rewrite).
     cuts = decision.removed_status.get(SUCCESS, decision.removed_rows)
-    if tar_store is out_store and hasattr(out_store, "assemble") and cuts * 2 * ASSEMBLY_PART < info.size:
-        spans, counts = await anyio.to_thread.run_sync(kept_spans, tar_files, sidecar_tools, keys)
+    assembled = walked = None
+    if tar_store is out_store and out_store.ranged_copy and cuts * 2 * ASSEMBLY_PART < info.size:
+        spans, counts = walked = await anyio.to_thread.run_sync(kept_spans, tar_files, sidecar_tools, keys)
         length = sum(end - start for start, end in spans)
-        written, fetched = await out_store.assemble(info, spans, tar_tail(length), shard.output)
+        with contextlib.suppress(Refused):  # the store has learned it: this set and the next are streamed
+            assembled = await out_store.assemble(info, spans, tar_tail(length), shard.output)
+    if assembled is not None:
+        written, fetched = assembled
         report.bytes_read += fetched
         report.output_via = "assembled"
     else:
         from ..engine import rewrite
 
+        if walked is not None:  # the walk for the assembly read the tar: stream it from its start
+            tar_files = ShardFiles(opened.open(info), None, label, opened.sibling_opener(shard.input))
+            tar_files.state["sidecar_keys"] = keys
         counts, written = await rewrite(shard, ctx, pipeline_for("webdataset"), tar_files, sidecar_tools)
         report.output_via = "rewrite"
     report.members_in, report.members_out, report.unkeyed = counts.members_in, counts.members_out, counts.unkeyed

@@ -9,13 +9,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import ShardError, UsageError, redact_uri
-from .base import ObjectInfo, RetryPolicy, Store, Upload, stream_copy
+from .base import ObjectInfo, Refused, RetryPolicy, Store, Upload, stream_copy
 from .bridge import PartSink, RangeFile
 
 __all__ = [
     "ObjectInfo",
     "PartSink",
     "RangeFile",
+    "Refused",
     "RetryPolicy",
     "Store",
     "StoreOptions",
@@ -107,7 +108,7 @@ class Stores:
         """
         source, target = self.for_uri(src.uri), self.for_uri(dst)
         if source is target:
-            written, streamed = await target.copy(src, dst), not target.server_side_copy
+            written, streamed = await target.copy(src, dst)
         else:
             written, streamed = await stream_copy(source, src, target, dst), True
         if written.size != src.size:
@@ -115,6 +116,10 @@ class Stores:
                 f"{redact_uri(dst)} holds {written.size} bytes after copying {src.size}; the store lost data, run again"
             )
         return written, streamed
+
+    def abandoned_uploads(self, uris: set[str]) -> list[dict[str, str]]:
+        """Uploads of ``uris`` left unfinished because the store refused to abort them."""
+        return [upload for store in self._stores.values() for upload in store.abandoned_uploads(uris)]
 
     async def aclose(self) -> None:
         for store in self._stores.values():

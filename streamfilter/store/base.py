@@ -84,8 +84,14 @@ class Upload(abc.ABC):
 class Store(abc.ABC):
     """Object I/O for one URI scheme."""
 
+    # Capabilities. A store states what it can do; a capability the endpoint refuses at run time is
+    # turned off for the rest of the run (the store learns it once), and callers take the fallback.
+
     #: True when :meth:`copy` within this store moves no bytes through this process.
     server_side_copy: bool = False
+
+    #: True when :meth:`assemble` copies byte ranges of its objects server-side (S3's UploadPartCopy).
+    ranged_copy: bool = False
 
     #: False for read-only stores (HTTP): outputs and reports cannot go there.
     writable: bool = True
@@ -109,9 +115,25 @@ class Store(abc.ABC):
     def open_write(self, uri: str) -> Upload:
         """Start an atomic write of ``uri``."""
 
-    async def copy(self, src: ObjectInfo, dst: str) -> ObjectInfo:
-        """Copy an object of this store; stores that can copy server-side override this."""
-        return await stream_copy(self, src, self, dst)
+    async def copy(self, src: ObjectInfo, dst: str) -> tuple[ObjectInfo, bool]:
+        """Copy an object of this store; returns the copy and whether its bytes passed through this process.
+
+        Stores that can copy server-side override this.
+        """
+        return await stream_copy(self, src, self, dst), True
+
+    async def assemble(
+        self, src: ObjectInfo, ranges: list[tuple[int, int]], tail: bytes, dst: str
+    ) -> tuple[ObjectInfo, int]:
+        """Write ``dst`` as the byte ranges of ``src`` in order, then ``tail``; returns it and the bytes fetched.
+
+        Only stores with :attr:`ranged_copy` implement it; :class:`Refused` when the endpoint turns it down.
+        """
+        raise Refused(f"{redact_uri(dst)}: this store cannot copy byte ranges server-side", "assemble")
+
+    def abandoned_uploads(self, uris: set[str]) -> list[dict[str, str]]:
+        """Unfinished uploads of ``uris`` this run could not abort (the store refused), for the report."""
+        return []
 
     async def read_all(self, uri: str) -> bytes:
         info = await self.stat(uri)
@@ -186,6 +208,15 @@ class RetryPolicy:
             if self.on_retry is not None:
                 self.on_retry()
             await anyio.sleep(delay)
+
+
+class Refused(ShardError):
+    """The endpoint refused an operation the run can do without (a missing capability, a narrow
+    IAM policy): the store has turned the capability off for the run and the caller falls back."""
+
+    def __init__(self, message: str, operation: str) -> None:
+        super().__init__(message)
+        self.operation = operation
 
 
 class ShortRead(ShardError):

@@ -32,7 +32,7 @@ from botocore.parsers import ResponseParserError
 from s3fs.errors import translate_boto_error
 
 from ..errors import ShardError, redact_uri
-from .base import ObjectInfo, RetryPolicy, ShortRead, Store, Upload, check_length
+from .base import ObjectInfo, Refused, RetryPolicy, ShortRead, Store, Upload, check_length, stream_copy
 
 log = logging.getLogger("streamfilter")
 
@@ -78,11 +78,30 @@ TRANSIENT_ERRORS = (
 )
 
 
+#: Replies that mean "this endpoint (or this IAM policy) will not do that operation", as opposed to a
+#: failure of one request: s3rver answers 501 NotImplemented to UploadPartCopy and ListMultipartUploads
+#: and 405 to AbortMultipartUpload; a policy without s3:ListBucketMultipartUploads answers 403.
+REFUSED_CODES = frozenset({"NotImplemented", "XNotImplemented", "MethodNotAllowed", "AccessDenied"})
+REFUSED_STATUS = frozenset({403, 405, 501})
+#: Longest wait for the abort of a failed upload; it runs shielded from cancellation, so it needs its own end.
+ABORT_SECONDS = 30.0
+
+
 def error_code(exc: BaseException | None) -> str | None:
     """The S3 error code (``NoSuchUpload``, ``SlowDown``, ...) of a botocore error, else None."""
     if isinstance(exc, ClientError):
         return exc.response.get("Error", {}).get("Code")
     return None
+
+
+def is_refusal(exc: BaseException | None) -> bool:
+    """True when ``exc`` (or the botocore error it wraps) is the endpoint refusing the operation itself."""
+    if isinstance(exc, ShardError):
+        exc = exc.__cause__
+    if not isinstance(exc, ClientError):
+        return False
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return error_code(exc) in REFUSED_CODES or status in REFUSED_STATUS
 
 
 def is_transient(exc: Exception) -> bool:
@@ -126,7 +145,9 @@ class S3Upload(Upload):
     """A multipart upload, completed only by :meth:`commit`; aborted otherwise.
 
     An object smaller than one part is sent with a single PutObject at commit,
-    which is atomic by itself.
+    which is atomic by itself. Parts are sent in the background, at most
+    ``PARTS_IN_FLIGHT`` at once; on failure they are cancelled before the abort, so
+    nothing waits on a part that will never be sent.
     """
 
     def __init__(self, store: S3Store, uri: str) -> None:
@@ -145,14 +166,17 @@ class S3Upload(Upload):
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        assert self._tg is not None
+        if not self.committed:
+            self._tg.cancel_scope.cancel()  # the parts in flight are of no use to an aborted upload
         try:
+            await self._tg.__aexit__(None, None, None)
+        finally:
             if not self.committed:
-                with anyio.CancelScope(shield=True):
+                # Shielded, so a cancelled run still cleans up; bounded, so cleaning up never hangs it.
+                with anyio.move_on_after(ABORT_SECONDS, shield=True):
                     with contextlib.suppress(ShardError):  # the original failure is the one to report
                         await self.abort()
-        finally:
-            assert self._tg is not None
-            await self._tg.__aexit__(None, None, None)
 
     async def write_part(self, data: bytes) -> None:
         await self._start_part(self._send, data)
@@ -162,16 +186,23 @@ class S3Upload(Upload):
 
         UploadPartCopy moves no bytes through us. ``CopySourceIfMatch`` pins the version
         that was read: if the source changed since, the copy fails instead of mixing versions.
+        A refusal raises :class:`Refused` (here or at the next part or commit).
         """
+        if not self._store.ranged_copy:
+            raise Refused(f"{redact_uri(self.uri)}: the store refused UploadPartCopy earlier in this run", "copy_part")
         await self._start_part(self._send_copy, src, start, end)
 
     async def _start_part(self, send: Callable[..., Awaitable[None]], *args: Any) -> None:
         """Number the next part and send it in the background once a slot is free (the backpressure)."""
         self._raise_failed()
         if self._upload_id is None:
-            self._upload_id = await self._create()
+            await self._create()
         await self._slots.acquire()
-        self._raise_failed()
+        try:
+            self._raise_failed()  # a part that failed while this one waited for its slot
+        except BaseException:
+            self._slots.release()
+            raise
         number = len(self._parts) + 1
         self._parts[number] = ""
         assert self._tg is not None
@@ -194,6 +225,10 @@ class S3Upload(Upload):
             )
             self._parts[number] = resp["CopyPartResult"]["ETag"]
         except Exception as exc:  # surfaced by the next write_part or commit
+            if is_refusal(exc):
+                self._store.refused("ranged_copy", "UploadPartCopy", "outputs are streamed instead of assembled")
+                why = _describe(exc)
+                exc = Refused(f"{redact_uri(self.uri)}: the store refused UploadPartCopy ({why})", "copy_part")
             self._error = self._error or exc
         finally:
             self._slots.release()
@@ -215,24 +250,10 @@ class S3Upload(Upload):
         finally:
             self._slots.release()
 
-    async def _create(self) -> str:
+    async def _create(self) -> None:
         resp = await self._store.call("create_multipart_upload", self.uri, Bucket=self._bucket, Key=self._key)
-        await self._abort_others(resp["UploadId"])
-        return resp["UploadId"]
-
-    async def _abort_others(self, ours: str) -> None:
-        """Abort every other unfinished upload of this exact key.
-
-        They are left by a run killed mid-upload (SIGKILL, eviction) or started by a
-        create whose reply was lost; either way no one will complete them, and they
-        cost storage until aborted. One writer per output key is the rule (static
-        sharding gives each shard to one worker), so none of them is live.
-        """
-        resp = await self._store.call("list_multipart_uploads", self.uri, Bucket=self._bucket, Prefix=self._key)
-        for upload in resp.get("Uploads", []):
-            if upload["Key"] == self._key and upload["UploadId"] != ours:
-                log.info("aborting an unfinished upload of %s left by an earlier attempt", redact_uri(self.uri))
-                await self._abort_id(upload["UploadId"])
+        self._upload_id = resp["UploadId"]  # known before anything else can fail: the abort needs it
+        await self._store.sweep_unfinished(self.uri, self._upload_id)
 
     async def _drain(self) -> None:
         for _ in range(PARTS_IN_FLIGHT):
@@ -243,11 +264,12 @@ class S3Upload(Upload):
     def _raise_failed(self) -> None:
         if self._error is not None:
             if isinstance(self._error, ShardError):
-                raise ShardError(str(self._error)) from self._error
+                raise self._error
             raise ShardError(f"upload to {redact_uri(self.uri)} failed: {_describe(self._error)}") from self._error
 
     async def commit(self, last: bytes = b"") -> ObjectInfo:
         if self._upload_id is None:
+            self._raise_failed()
             resp = await self._store.call("put_object", self.uri, Bucket=self._bucket, Key=self._key, Body=last)
         else:
             if last:
@@ -290,21 +312,12 @@ class S3Upload(Upload):
         return {"ETag": etag}
 
     async def abort(self) -> None:
+        """Abort the upload this object created. Its parts in flight are cancelled first (by the
+        context manager) or finished (after a commit), so this waits on nothing but the request."""
         if self._upload_id is None:
             return
-        await self._drain()
-        await self._abort_id(self._upload_id)
-        self._upload_id = None
-
-    async def _abort_id(self, upload_id: str) -> None:
-        try:
-            await self._store.call(
-                "abort_multipart_upload", self.uri, Bucket=self._bucket, Key=self._key, UploadId=upload_id
-            )
-        except ShardError as exc:
-            # Gone already: an earlier attempt aborted it with its reply lost, or it was completed.
-            if error_code(exc.__cause__) != "NoSuchUpload":
-                raise
+        upload_id, self._upload_id = self._upload_id, None
+        await self._store.abort_upload(self.uri, upload_id)
 
 
 #: S3's smallest part but the last.
@@ -312,7 +325,6 @@ MIN_PART_BYTES = 5 * 1024 * 1024
 
 
 class S3Store(Store):
-    server_side_copy = True
     #: CopyObject's limit; larger objects are copied in parts. Tests lower it to exercise that path.
     copy_object_limit = 5 * 1024**3
     #: Parts of a copy of a larger object: 100 parts for the largest object S3 holds would be
@@ -323,6 +335,13 @@ class S3Store(Store):
         endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         self.endpoint_url = endpoint_url
         self.retry = retry or RetryPolicy()
+        # Capabilities: on until the endpoint refuses one, then off for the rest of the run.
+        self.server_side_copy = True  # CopyObject
+        self.ranged_copy = True  # UploadPartCopy
+        self.lists_uploads = True  # ListMultipartUploads, for the sweep of unfinished uploads
+        self.aborts_uploads = True  # AbortMultipartUpload
+        #: Uploads this run created and could not abort, by key: (output URI, upload id).
+        self._abandoned: list[tuple[str, str]] = []
         self._fs = s3fs.S3FileSystem(
             asynchronous=True,
             skip_instance_cache=True,
@@ -330,6 +349,66 @@ class S3Store(Store):
             # One attempt per botocore call; see the module docstring.
             config_kwargs={"retries": {"total_max_attempts": 1, "mode": "adaptive"}},
         )
+
+    def refused(self, capability: str, operation: str, fallback: str) -> None:
+        """Turn ``capability`` off for the rest of the run, saying so once."""
+        if getattr(self, capability):
+            setattr(self, capability, False)
+            log.warning("the S3 endpoint refused %s; for the rest of this run %s", operation, fallback)
+
+    async def sweep_unfinished(self, uri: str, ours: str) -> None:
+        """Abort every other unfinished upload of this exact key; a courtesy, never a failure.
+
+        They are left by a run killed mid-upload (SIGKILL, eviction) or started by a
+        create whose reply was lost; either way no one will complete them, and they
+        cost storage until aborted. One writer per output key is the rule (static
+        sharding gives each shard to one worker), so none of them is live. A store
+        or policy that refuses the listing skips the sweep for the rest of the run.
+        """
+        if not self.lists_uploads:
+            return
+        bucket, key = split(uri)
+        try:
+            resp = await self.call("list_multipart_uploads", uri, Bucket=bucket, Prefix=key)
+        except ShardError as exc:
+            if is_refusal(exc):
+                self.refused(
+                    "lists_uploads",
+                    "ListMultipartUploads",
+                    "unfinished uploads left by killed runs are not swept (a lifecycle rule can remove them)",
+                )
+            else:
+                log.warning("%s; unfinished uploads of this key are not swept", exc)
+            return
+        for upload in resp.get("Uploads", []):
+            if upload["Key"] == key and upload["UploadId"] != ours:
+                log.info("aborting an unfinished upload of %s left by an earlier attempt", redact_uri(uri))
+                with contextlib.suppress(ShardError):  # told by abort_upload; the sweep goes on
+                    await self.abort_upload(uri, upload["UploadId"])
+
+    async def abort_upload(self, uri: str, upload_id: str) -> None:
+        """Abort one multipart upload; one the store refuses to abort is recorded for the report."""
+        if not self.aborts_uploads:
+            self._abandoned.append((uri, upload_id))
+            return
+        bucket, key = split(uri)
+        try:
+            await self.call("abort_multipart_upload", uri, Bucket=bucket, Key=key, UploadId=upload_id)
+        except ShardError as exc:
+            # Gone already: an earlier attempt aborted it with its reply lost, or it was completed.
+            if error_code(exc.__cause__) == "NoSuchUpload":
+                return
+            if is_refusal(exc):
+                self.refused(
+                    "aborts_uploads",
+                    "AbortMultipartUpload",
+                    "uploads of failed outputs stay unfinished; the report lists them (abandoned_uploads)",
+                )
+            self._abandoned.append((uri, upload_id))
+            raise
+
+    def abandoned_uploads(self, uris: set[str]) -> list[dict[str, str]]:
+        return [{"uri": redact_uri(uri), "upload_id": upload_id} for uri, upload_id in self._abandoned if uri in uris]
 
     async def once(self, method: str, **kwargs: Any) -> dict:
         """One S3 API call, one attempt: straight to the botocore client, past s3fs's own retry wrapper."""
@@ -394,20 +473,36 @@ class S3Store(Store):
     def open_write(self, uri: str) -> Upload:
         return S3Upload(self, uri)
 
-    async def copy(self, src: ObjectInfo, dst: str) -> ObjectInfo:
-        """Copy server-side: no byte passes through this process.
+    async def copy(self, src: ObjectInfo, dst: str) -> tuple[ObjectInfo, bool]:
+        """Copy server-side, so no byte passes through this process; streamed where the store refuses.
 
         CopyObject takes objects up to 5 GiB; larger ones are assembled from UploadPartCopy
         parts. Either way the copy is pinned to the source version ``src`` describes.
+        Returns the copy and whether its bytes were streamed through this process.
         """
-        if not src.uri.startswith("s3://"):
-            return await super().copy(src, dst)
-        if src.size > self.copy_object_limit:
-            async with self.open_write(dst) as upload:
-                assert isinstance(upload, S3Upload)
-                for start in range(0, src.size, self.copy_part_size):
-                    await upload.copy_part(src, start, min(src.size, start + self.copy_part_size))
-                return await upload.commit()
+        if src.uri.startswith("s3://") and src.size > self.copy_object_limit and self.ranged_copy:
+            try:
+                return await self._copy_in_parts(src, dst), False
+            except Refused:
+                pass  # learned: later copies go straight to the stream
+        elif src.uri.startswith("s3://") and src.size <= self.copy_object_limit and self.server_side_copy:
+            try:
+                return await self._copy_object(src, dst), False
+            except ShardError as exc:
+                if not is_refusal(exc):
+                    raise
+                # A denial that reading would meet too fails the stream below with its own line.
+                self.refused("server_side_copy", "CopyObject", "clean shards are copied as byte streams")
+        return await stream_copy(self, src, self, dst), True
+
+    async def _copy_in_parts(self, src: ObjectInfo, dst: str) -> ObjectInfo:
+        async with self.open_write(dst) as upload:
+            assert isinstance(upload, S3Upload)
+            for start in range(0, src.size, self.copy_part_size):
+                await upload.copy_part(src, start, min(src.size, start + self.copy_part_size))
+            return await upload.commit()
+
+    async def _copy_object(self, src: ObjectInfo, dst: str) -> ObjectInfo:
         src_bucket, src_key = split(src.uri)
         bucket, key = split(dst)
         pinned = {"CopySourceIfMatch": src.etag} if src.etag else {}
@@ -437,8 +532,10 @@ class S3Store(Store):
         A range of 5 MiB or more becomes UploadPartCopy parts (no byte passes through us);
         shorter ranges, and the bytes needed to bring a piece up to S3's 5 MiB part minimum,
         are read and uploaded. So a tar with a few samples removed moves a few MiB per cut,
-        not the whole object.
+        not the whole object. :class:`Refused` (nothing written) when the store turns UploadPartCopy down.
         """
+        if not self.ranged_copy:
+            return await super().assemble(src, ranges, tail, dst)
         fetched = 0
         async with self.open_write(dst) as upload:
             assert isinstance(upload, S3Upload)
