@@ -1,0 +1,168 @@
+"""S3 endpoints that refuse operations moto accepts: every format still completes, exactly, and nothing hangs.
+
+Real stores and IAM policies turn operations down: s3rver answers 501 NotImplemented to
+UploadPartCopy and ListMultipartUploads and 405 to AbortMultipartUpload; a policy without
+``s3:ListBucketMultipartUploads`` answers 403 to the listing. A proxy in front of the
+loopback moto server refuses chosen operations for every key, and the CLI runs in a
+subprocess with a timeout of its own, so a run that would hang fails the test instead.
+Expected outputs come from pyarrow, tarfile and json, never from the engine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from fault_proxy import FaultProxy, Rule
+from helpers import (
+    assert_same_table,
+    put_table,
+    random_strings,
+    read_parquet,
+    reference_filter,
+    s3_get,
+    s3_keys,
+    s3_pending_uploads,
+    sample,
+    serve,
+    shard_table,
+    write_list,
+)
+from test_img2dataset import check_set, make_set
+from wds_helpers import drop_listed, make_shard, reference_tar
+
+#: A run that takes longer than this has hung (a healthy one takes seconds).
+RUN_TIMEOUT = 240
+
+LIST = Rule("ListMultipartUploads", "*", "not-implemented")
+LIST_DENIED = Rule("ListMultipartUploads", "*", "denied")
+PART_COPY = Rule("UploadPartCopy", "*", "not-implemented")
+COPY = Rule("CopyObject", "*", "not-implemented")
+ABORT = Rule("AbortMultipartUpload", "*", "not-allowed")
+CASES = {
+    "list-not-implemented": [LIST],
+    "list-denied": [LIST_DENIED],
+    "upload-part-copy": [PART_COPY],
+    "copy-object": [COPY],
+    "abort": [ABORT],
+    "all": [LIST, PART_COPY, COPY, ABORT],
+}
+
+
+@pytest.fixture
+def proxy(s3_endpoint: str) -> Iterator[FaultProxy]:
+    proxy = FaultProxy(s3_endpoint)
+    with serve(proxy.app()) as proxy.url:
+        yield proxy
+
+
+def cli_run(*args: str, endpoint: str, report: Path) -> subprocess.CompletedProcess:
+    """``streamfilter run`` in a subprocess; the timeout turns a hang into a failure."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_ENDPOINT")}
+    command = [sys.executable, "-m", "streamfilter.cli", "run", *args, "--s3-endpoint-url", endpoint]
+    return subprocess.run(
+        [*command, "--report", str(report), "--retries", "1", "--retry-max-seconds", "0.05"],
+        capture_output=True, text=True, timeout=RUN_TIMEOUT, env=env,
+    )  # fmt: skip
+
+
+def jsonl_bytes(urls: list[str]) -> bytes:
+    return b"".join(json.dumps({"url": u, "n": i}).encode() + b"\n" for i, u in enumerate(urls))
+
+
+def put_formats(client, bucket: str, tmp_path: Path) -> tuple[dict[str, bytes], set[str]]:
+    """Under ``in/``: a Parquet shard big enough for a multipart output and a clean one, a JSON Lines
+    shard with hits and a clean one, a WebDataset tar with hits; the listed keys."""
+    big = pa.table({"url": random_strings(150_000, 32, seed=5), "id": pa.array(range(150_000), pa.int64())})
+    inputs = {
+        "big.parquet": put_table(client, bucket, "in/big.parquet", big, compression="none", use_dictionary=False),
+        "clean.parquet": put_table(client, bucket, "in/clean.parquet", shard_table(2000, start=10**6, seed=6)),
+    }
+    listed = set(sample(big["url"], 499, offset=7))
+    urls = [f"https://jsonl.example/{i}" for i in range(300)]
+    listed |= set(urls[::17])
+    inputs["hits.jsonl"] = jsonl_bytes(urls)
+    inputs["clean.jsonl"] = jsonl_bytes([f"https://clean.example/{i}" for i in range(50)])
+    tar_urls = make_shard(tmp_path / "wds.tar", 40, seed=8)
+    listed |= set(tar_urls[::9])
+    inputs["wds.tar"] = (tmp_path / "wds.tar").read_bytes()
+    for name in ("hits.jsonl", "clean.jsonl", "wds.tar"):
+        client.put_object(Bucket=bucket, Key=f"in/{name}", Body=inputs[name])
+    return inputs, listed
+
+
+def check_formats(client, bucket: str, inputs: dict[str, bytes], listed: set[str], tmp_path: Path) -> None:
+    for name in ("big.parquet", "clean.parquet"):
+        expected = reference_filter(read_parquet(inputs[name]), listed)
+        assert_same_table(read_parquet(s3_get(client, bucket, f"out/{name}")), expected)
+    for name in ("hits.jsonl", "clean.jsonl"):
+        lines = inputs[name].splitlines(keepends=True)
+        kept = b"".join(line for line in lines if json.loads(line)["url"] not in listed)
+        assert s3_get(client, bucket, f"out/{name}") == kept
+    (tmp_path / "ref.tar").write_bytes(inputs["wds.tar"])
+    _, expected_tar = reference_tar(tmp_path / "ref.tar", drop_listed(listed))
+    assert s3_get(client, bucket, "out/wds.tar") == expected_tar
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_every_format_completes_when_the_store_refuses(
+    case: str, proxy: FaultProxy, s3_client, bucket: str, tmp_path: Path
+) -> None:
+    inputs, listed = put_formats(s3_client, bucket, tmp_path)
+    src = tmp_path / "sets"
+    # Set 0: one cut in a tar of about 16 MiB (assembled where UploadPartCopy works); set 1: clean.
+    sets = [make_set(src, i, n=16, jpg_sizes=(500_000, 1_500_000)) for i in range(2)]
+    for path in sorted(src.iterdir()):
+        s3_client.put_object(Bucket=bucket, Key=f"sets/{path.name}", Body=path.read_bytes())
+    set_listed = {sets[0][0][8]}
+    blocklist = write_list(tmp_path / "list.txt", sorted(listed | set_listed))
+    proxy.rules = list(CASES[case])
+
+    names = ["big.parquet", "clean.parquet", "hits.jsonl", "clean.jsonl", "wds.tar"]
+    uris = [f"s3://{bucket}/in/{name}" for name in names]
+    proc = cli_run(*uris, "--output", f"s3://{bucket}/out/", "--blocklist", str(blocklist), "--key", "url",
+                   endpoint=proxy.url, report=tmp_path / "formats.json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    proc_sets = cli_run(f"s3://{bucket}/sets/{{00000..00001}}.tar", "--format", "img2dataset",
+                        "--output", f"s3://{bucket}/clean-sets/", "--blocklist", str(blocklist), "--key", "url",
+                        endpoint=proxy.url, report=tmp_path / "sets.json")  # fmt: skip
+    assert proc_sets.returncode == 0, proc_sets.stderr
+
+    check_formats(s3_client, bucket, inputs, listed, tmp_path)
+    for i, (_, table) in enumerate(sets):
+        stem = f"{i:05d}"
+        out = f"clean-sets/{stem}"
+        stats = json.loads(s3_get(s3_client, bucket, f"{out}_stats.json"))
+        parquet = read_parquet(s3_get(s3_client, bucket, f"{out}.parquet"))
+        check_set(src, s3_get(s3_client, bucket, f"{out}.tar"), parquet, stats, stem, table, set_listed)
+
+    # The path each output took says which capability was refused.
+    shards = {Path(s["input"]).name: s for s in json.loads((tmp_path / "formats.json").read_text())["shards"]}
+    shards |= {Path(s["input"]).name: s for s in json.loads((tmp_path / "sets.json").read_text())["shards"]}
+    copied = "byte_copy" if COPY in proxy.rules else "server_copy"
+    assert {shards[n]["output_via"] for n in ("clean.parquet", "00001.tar")} == {copied}
+    assert shards["00000.tar"]["output_via"] == ("rewrite" if PART_COPY in proxy.rules else "assembled")
+    assert shards["big.parquet"]["output_via"] == "rewrite"
+
+    # Learned once per run: a refusal is met again only by requests already in flight when it came.
+    for rule in (LIST, LIST_DENIED, PART_COPY):
+        if rule in proxy.rules:
+            met = sum(n for (op, _), n in proxy.calls.items() if op == rule.operation)
+            assert met <= 2, (rule, met)  # a listing per run; two parts in flight in the one assembly
+    stderr = proc.stderr + proc_sets.stderr
+    if LIST in proxy.rules or LIST_DENIED in proxy.rules:
+        assert stderr.count("refused ListMultipartUploads") <= 2, stderr
+
+    # No upload left behind, except the ones the report names because the store refused to abort them.
+    abandoned = [u for s in shards.values() for u in s["abandoned_uploads"]]
+    pending = {(u["Key"], u["UploadId"]) for u in s3_pending_uploads(s3_client, bucket)}
+    assert pending == {(u["uri"].split("/", 3)[3], u["upload_id"]) for u in abandoned}
+    # Only the refused assembly's upload, when its abort is refused too: the user must abort it.
+    assert len(abandoned) == (ABORT in proxy.rules and PART_COPY in proxy.rules)
+    assert sorted(s3_keys(s3_client, bucket, "out/")) == sorted(f"out/{name}" for name in names)
