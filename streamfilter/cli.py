@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 from typing import Any
@@ -12,12 +14,14 @@ from typing import Any
 import anyio
 
 from ._version import __version__
-from .errors import StreamfilterError, UsageError, redact_uri
+from .errors import StreamfilterError, UsageError, redact_text, redact_uri
 from .formats import FORMATS
 from .keys import KEY_HASHES, LIST_ENTRIES, NORMALIZATIONS
 from .ledger import Report
 from .progress import Progress
 from .spec import DEFAULT_CONCURRENCY, JobSpec, build_spec, load_config
+
+log = logging.getLogger("streamfilter")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -256,16 +260,14 @@ def main(argv: list[str] | None = None) -> int:
             return _report(args)
         if args.command == "diff":
             return _diff(args)
-        spec = build_spec(_options(args))
-        report = anyio.run(_run_until_signalled, spec, args.verbose)
-    except StreamfilterError as exc:
-        if verbose:
-            logging.exception("streamfilter failed")
-        print(f"streamfilter: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("streamfilter: interrupted; outputs in flight were not committed", file=sys.stderr)
-        return 130
+        return _run(args)
+    except (Exception, KeyboardInterrupt) as raised:  # BaseExceptionGroup of a task group included
+        return _failed(raised, verbose)
+
+
+def _run(args: argparse.Namespace) -> int:
+    spec = build_spec(_options(args))
+    report = anyio.run(_run_until_signalled, spec, args.verbose)
     if spec.log_format == "json":
         print(json.dumps({"event": "run", **report.totals, "interrupted": report.interrupted}))
     else:
@@ -274,6 +276,43 @@ def main(argv: list[str] | None = None) -> int:
         print("streamfilter: stopped by a signal; shards not done are in the report, rerun to finish", file=sys.stderr)
         return 128 + signal.SIGTERM
     return 0 if report.ok else 1
+
+
+def _failed(raised: BaseException, verbose: bool) -> int:
+    """Say in one line why the command stopped (``--verbose`` adds the traceback); the exit code."""
+    exc = _cause(raised)
+    if isinstance(exc, KeyboardInterrupt):
+        print("streamfilter: interrupted; outputs in flight were not committed", file=sys.stderr)
+        return 130
+    if isinstance(exc, BrokenPipeError):  # stdout's reader left (`| head`): as quiet as `cat` would be
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush fails no more
+        return 128 + signal.SIGPIPE
+    if verbose:
+        logging.error("streamfilter failed", exc_info=raised)
+    if isinstance(exc, StreamfilterError):
+        print(f"streamfilter: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    message = " ".join(redact_text(f"{type(exc).__name__}: {exc}").split())
+    print(
+        f"streamfilter: error: unexpected {message}; this is a bug: rerun with --verbose for the traceback "
+        "and report it",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _cause(raised: BaseException) -> BaseException:
+    """The exception to report: a task group wraps what its tasks raised in a group. An interrupt
+    wins over the errors it caused; our own errors over the library errors beside them."""
+    if not isinstance(raised, BaseExceptionGroup):
+        return raised
+    leaves = [_cause(exc) for exc in raised.exceptions]
+    for kind in (KeyboardInterrupt, StreamfilterError):
+        for leaf in leaves:
+            if isinstance(leaf, kind):
+                return leaf
+    return leaves[0] if leaves else raised
 
 
 def _filter_command(args: argparse.Namespace) -> int:
@@ -357,8 +396,16 @@ async def _run_until_signalled(spec: JobSpec, verbose: bool) -> Report:
     if spec.metrics_file:
         from .metrics import write_metrics_file
 
+        unwritten: list[str] = []
+
         def on_shard(progress: Progress) -> None:
-            write_metrics_file(spec.metrics_file, progress)  # type: ignore[arg-type]
+            try:
+                write_metrics_file(spec.metrics_file, progress)  # type: ignore[arg-type]
+            except OSError as exc:  # counters are for watching the run: their loss must not stop it
+                if not unwritten:
+                    log.warning("streamfilter: warning: the metrics file %s was not written: %s", spec.metrics_file,
+                                exc.strerror or exc)  # fmt: skip
+                unwritten.append(str(exc))
 
     progress = Progress(0, log_format=spec.log_format, on_shard=on_shard)
 
@@ -367,17 +414,17 @@ async def _run_until_signalled(spec: JobSpec, verbose: bool) -> Report:
             async for _ in signals:
                 stop.set()
 
-    outcome: Report | StreamfilterError
+    outcome: Report | Exception
     async with anyio.create_task_group() as tg:
         tg.start_soon(watch_signals)
         try:
             outcome = await run_job(spec, progress=progress, verbose=verbose, stop=stop)
             if on_shard is not None:
                 on_shard(progress)  # the final counts, also when no shard ran
-        except StreamfilterError as exc:
+        except Exception as exc:
             outcome = exc  # raised outside the task group, which would wrap it in an ExceptionGroup
         tg.cancel_scope.cancel()
-    if isinstance(outcome, StreamfilterError):
+    if isinstance(outcome, Exception):
         raise outcome
     return outcome
 

@@ -105,6 +105,8 @@ class Progress(StatusLine):
             self._draw()
             if report.status == "failed":
                 self._write(f"\r\033[Kfailed {report.input}: {report.error}\n")
+        elif report.resumed:  # nothing was read or written: its counts are the earlier run's
+            self._write(f"skipped {report.input} (done by an earlier run) ({position})\n")
         elif report.status == "done":
             self._write(
                 f"done {report.input}: {report.rows_in} rows in, {report.rows_removed} removed, "
@@ -122,7 +124,8 @@ class Progress(StatusLine):
 
     def line(self) -> str:
         elapsed = self._elapsed()
+        skipped = f", {self.resumed} skipped" if self.resumed else ""
         return (
-            f"shards {self.done + self.failed}/{self.total} ({self.failed} failed) | "
+            f"shards {self.done + self.failed}/{self.total} ({self.failed} failed{skipped}) | "
             f"{self.rows / elapsed / 1e6:.2f} M rows/s | {self.bytes / elapsed / 1e6:.1f} MB/s"
         )

@@ -34,6 +34,9 @@ class JobSpec:
     #: Allow mode with a Bloom filter keeps its false positives, rows that should go: only on request.
     accept_false_positives: bool = False
     key: KeySpec = field(default_factory=KeySpec)
+    #: The parts of ``key`` the caller chose (``KeySpec`` field names); the rest are defaults, which a
+    #: ``filter`` file's recorded key spec replaces. None: all were chosen (a KeySpec built by hand).
+    key_given: frozenset[str] | None = None
     mode: Mode = "deny"
     format: str = "auto"
     #: A sample or line without the key field: "fail" the shard, or "keep" it and count it as unkeyed.
@@ -100,10 +103,60 @@ class JobSpec:
             raise UsageError(f"--log-format {self.log_format!r}: choose text or json")
         if self.executor not in ("local", "ray"):
             raise UsageError(f"--executor {self.executor!r}: choose local or ray")
-        if self.grace_seconds < 0:
+        if not self.grace_seconds >= 0:  # NaN included
             raise UsageError(f"--grace-seconds {self.grace_seconds}: must be 0 or more")
         if not 1 <= self.concurrency <= 256:
             raise UsageError(f"--concurrency {self.concurrency}: choose between 1 and 256")
+        if not self.ray_task_cpus > 0:
+            raise UsageError(f"--ray-task-cpus {self.ray_task_cpus}: must be more than 0")
+        self._check_local_targets()
+
+    def _check_local_targets(self) -> None:
+        """Local places this run would write to must be able to take what goes there, so a wrong
+        path is a usage error before any shard runs rather than a failure of every shard."""
+        if self.output is not None and not self.dry_run:
+            _check_local_target("--output", self.output, prefix=True)
+        if self.backup is not None:
+            _check_local_target("--backup", self.backup, prefix=True)
+        for flag, target in (
+            ("--report", self.report), ("--manifest-out", self.manifest_out), ("--metrics-file", self.metrics_file),
+        ):  # fmt: skip
+            if target is not None:
+                _check_local_target(flag, target, prefix=False)
+
+
+def _local_path(uri: str) -> Path | None:
+    if uri.startswith("file://"):
+        return Path(uri[len("file://") :])
+    return None if "://" in uri else Path(uri)
+
+
+def _check_local_target(flag: str, uri: str, *, prefix: bool) -> None:
+    """A local ``--output``/``--backup`` prefix must be a directory or not exist yet; a local file
+    target must not be a directory; and neither may sit under an existing file."""
+    path = _local_path(uri)
+    if path is None or not str(path):
+        return
+    try:
+        problem = _target_problem(path, prefix)
+    except OSError:  # e.g. a parent we may not search: the write itself will say what is wrong
+        return
+    if problem:
+        raise UsageError(f"{flag} {uri} {problem}")
+
+
+def _target_problem(path: Path, prefix: bool) -> str | None:
+    if prefix and path.exists() and not path.is_dir():
+        return (
+            "is an existing file, and the outputs go under it as under a directory; "
+            "choose a directory, or a path that does not exist yet"
+        )
+    if not prefix and path.is_dir():
+        return "is a directory; name a file"
+    for parent in path.absolute().parents:
+        if parent.exists():
+            return None if parent.is_dir() else f"is under {parent}, which is a file; choose another path"
+    return None
 
 
 #: Option names accepted from TOML and the API, mapped to JobSpec fields.
@@ -115,6 +168,13 @@ OPTIONS = (
     "s3_endpoint_url", "http_header", "retries", "retry_max_seconds", "num_workers", "worker_index", "executor",
     "ray_address", "ray_task_cpus", "manifest_out", "log_format", "metrics_file",
 )  # fmt: skip
+
+
+#: The key options, by the KeySpec field each sets.
+_KEY_FIELDS = {
+    "key": "columns", "key_separator": "separator", "normalize": "normalize", "key_hash": "hash",
+    "blocklist_hash": "entries",
+}  # fmt: skip
 
 
 def _as_list(value: Any) -> list[str]:
@@ -130,19 +190,62 @@ def _number(opts: dict[str, Any], name: str, default: float) -> float:
         raise UsageError(f"--{name.replace('_', '-')} {opts[name]!r}: expected a number") from None
 
 
+def _whole(opts: dict[str, Any], name: str, default: int) -> int:
+    value = opts.get(name, default)
+    try:
+        number = float(value) if isinstance(value, str | float) else value
+        if isinstance(number, bool) or not isinstance(number, int | float) or number != int(number):
+            raise ValueError(value)
+        return int(number)
+    except (TypeError, ValueError, OverflowError):
+        raise UsageError(f"--{name.replace('_', '-')} {value!r}: expected a whole number") from None
+
+
+#: Options by the kind of value they take (the rest are numbers, converted where they are read).
+_TEXT = (
+    "output", "filter", "key_separator", "normalize", "key_hash", "blocklist_hash", "mode", "format", "on_unkeyed",
+    "sidecar", "report", "backup", "s3_endpoint_url", "executor", "ray_address", "manifest_out", "log_format",
+    "metrics_file",
+)  # fmt: skip
+_TEXTS = ("inputs", "blocklist", "http_header", "key")
+_SWITCHES = ("accept_false_positives", "dry_run", "scan", "output_inside_input", "overwrite", "in_place")
+
+
+def _checked_types(opts: dict[str, Any]) -> dict[str, Any]:
+    """Options of the kinds their names take (a TOML file may hold anything); paths become text."""
+    checked = {}
+    for name, value in opts.items():
+        flag = f"--{name.replace('_', '-')}"
+        shown = "…" if name == "http_header" else repr(value)  # header values may be tokens
+        if name in _TEXT or name in _TEXTS:
+            many = name in _TEXTS and isinstance(value, list | tuple)
+            values = list(value) if many else [value]
+            if not all(isinstance(v, str | os.PathLike) for v in values):
+                kind = "text or a list of text" if name in _TEXTS else "text"
+                raise UsageError(f"{flag} {shown}: expected {kind}")
+            texts = [os.fspath(v) for v in values]
+            value = texts if many else texts[0]
+        elif name in _SWITCHES and not isinstance(value, bool):
+            raise UsageError(f"{flag} {shown}: expected true or false")
+        checked[name] = value
+    return checked
+
+
 def build_spec(options: dict[str, Any]) -> JobSpec:
     """A JobSpec from option values (None means unset); unknown names are an error."""
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise UsageError(f"unknown option {unknown[0]!r}; known options: {', '.join(OPTIONS)}")
-    opts = {k: v for k, v in options.items() if v is not None}
+    opts = _checked_types({k: v for k, v in options.items() if v is not None})
+    key_given = frozenset(name for option, name in _KEY_FIELDS.items() if option in opts)
     key = opts.get("key", "url")
     columns = tuple(c.strip() for c in (key.split(",") if isinstance(key, str) else key))
     headers = dict(expand_header(h) for h in _as_list(opts.get("http_header")))
-    try:
-        concurrency = int(opts.get("concurrency", DEFAULT_CONCURRENCY))
-    except (TypeError, ValueError):
-        raise UsageError(f"--concurrency {opts['concurrency']!r}: expected a whole number") from None
+    concurrency = _whole(opts, "concurrency", DEFAULT_CONCURRENCY)
+    # Kubernetes Indexed Jobs give each pod its index in JOB_COMPLETION_INDEX.
+    index = os.environ.get("JOB_COMPLETION_INDEX", "0")
+    if "worker_index" not in opts and not index.strip().isdigit():
+        raise UsageError(f"JOB_COMPLETION_INDEX={index!r}: expected a whole number; pass --worker-index")
     return JobSpec(
         inputs=tuple(_as_list(opts.get("inputs"))),
         output=opts.get("output"),
@@ -156,6 +259,7 @@ def build_spec(options: dict[str, Any]) -> JobSpec:
             opts.get("key_hash", "none"),
             opts.get("blocklist_hash", "raw"),
         ),
+        key_given=key_given,
         mode=opts.get("mode", "deny"),
         format=opts.get("format", "auto"),
         on_unkeyed=opts.get("on_unkeyed", "fail"),
@@ -169,9 +273,8 @@ def build_spec(options: dict[str, Any]) -> JobSpec:
         in_place=bool(opts.get("in_place", False)),
         backup=opts.get("backup"),
         grace_seconds=_number(opts, "grace_seconds", DEFAULT_GRACE_SECONDS),
-        num_workers=int(_number(opts, "num_workers", 1)),
-        # Kubernetes Indexed Jobs give each pod its index in JOB_COMPLETION_INDEX.
-        worker_index=int(_number(opts, "worker_index", float(os.environ.get("JOB_COMPLETION_INDEX", 0)))),
+        num_workers=_whole(opts, "num_workers", 1),
+        worker_index=_whole(opts, "worker_index", int(index)),
         executor=opts.get("executor", "local"),
         ray_address=opts.get("ray_address"),
         ray_task_cpus=_number(opts, "ray_task_cpus", 1.0),
@@ -181,7 +284,7 @@ def build_spec(options: dict[str, Any]) -> JobSpec:
         stores=StoreOptions(
             s3_endpoint_url=opts.get("s3_endpoint_url"),
             http_headers=headers,
-            retries=int(_number(opts, "retries", StoreOptions.retries)),
+            retries=_whole(opts, "retries", StoreOptions.retries),
             retry_max_seconds=_number(opts, "retry_max_seconds", StoreOptions.retry_max_seconds),
         ),
     )
@@ -193,6 +296,8 @@ def load_config(path: str) -> dict[str, Any]:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UsageError(f"--config {path}: file not found") from None
+    except OSError as exc:  # a directory, no permission
+        raise UsageError(f"--config {path}: cannot read it ({exc.strerror or exc})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"--config {path}: not valid TOML ({exc})") from None
     return {name.replace("-", "_"): value for name, value in data.items()}

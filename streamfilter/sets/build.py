@@ -119,14 +119,19 @@ async def _stream_parquet(
             add(entry_values(as_text(table.column(column)), spec, entry_place(uri, None, row)))
             row += table.num_rows
 
+    failure: Exception | None = None
     try:
         info = await store.stat(uri)
         async with BlockingPortal() as portal:
             file = store.open_input(info, portal)
             try:
                 await anyio.to_thread.run_sync(read, file)
+            except Exception as exc:  # raised below: out of the portal's task group it would come as a group
+                failure = exc
             finally:
                 file.close()
+        if failure is not None:
+            raise failure
     except UsageError:
         raise
     except StreamfilterError as exc:

@@ -48,6 +48,7 @@ A remote file's header is one ranged read: fetch :data:`HEADER_READ_BYTES` bytes
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -176,8 +177,11 @@ def _write_path(path: Path, head: bytes, parts: list[np.ndarray]) -> None:
         with open(tmp, "wb") as f:
             _write_stream(f, head, parts)
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):  # its directory may be what failed
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # a directory in the way, a missing parent, no permission, a full disk
+            raise UsageError(f"cannot write the filter to {path}: {exc.strerror or exc}; choose another path") from None
         raise
 
 

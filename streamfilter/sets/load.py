@@ -260,8 +260,49 @@ async def build_key_set(sources: list[str], spec: KeySpec, stores: Stores) -> Ke
     return ExactKeySet(pa.concat_arrays([as_bytes(keys) for keys in arrays]))
 
 
-async def load_filter(uri: str, spec: KeySpec, stores: Stores) -> HashedKeySet:
-    """A membership file built by ``build-filter``, checked against the run's key spec before any shard."""
+#: The flag that sets each KeySpec field, for messages.
+KEY_FLAGS = {
+    "columns": "--key", "separator": "--key-separator", "normalize": "--normalize", "hash": "--key-hash",
+    "entries": "--blocklist-hash",
+}  # fmt: skip
+
+
+def filter_key_spec(built: dict, spec: KeySpec, given: frozenset[str] | None, source: str) -> KeySpec:
+    """The run's key spec with a filter file: the one the file records, with the parts the user chose.
+
+    A part the user chose (``given``; None: every part) must agree with the file's, since the file holds
+    hashes of keys made that way; the key columns may be renamed (they are the shards' names), but not
+    be more or fewer. Parts left to their defaults are taken from the file.
+    """
+    chosen = set(KEY_FLAGS) if given is None else set(given)
+    mine = spec.to_dict()
+    differs = [
+        f"{KEY_FLAGS[name]} {built.get(name)!r} (this run: {mine[name]!r})"
+        for name in ("normalize", "hash", "separator", "entries")
+        if name in chosen and built.get(name) != mine[name]
+    ]
+    columns = built.get("columns")
+    if "columns" in chosen and len(columns or []) != len(spec.columns):
+        differs.append(f"{len(columns or [])} key column(s) (this run: {len(spec.columns)})")
+    if differs:
+        raise UsageError(
+            f"--filter {source} was built with {'; '.join(differs)}; leave these flags out (the file's key spec "
+            "is used) or build the filter again with them"
+        )
+    try:
+        return KeySpec(
+            tuple(spec.columns if "columns" in chosen else columns),  # type: ignore[arg-type]
+            *(mine[name] if name in chosen else built[name] for name in ("separator", "normalize", "hash", "entries")),
+        )
+    except (KeyError, TypeError, UsageError) as exc:
+        raise UsageError(f"--filter {source} records a key spec this streamfilter cannot use ({exc})") from None
+
+
+async def open_filter(
+    uri: str, spec: KeySpec, stores: Stores, given: frozenset[str] | None = None
+) -> tuple[KeySpec, HashedKeySet]:
+    """A membership file built by ``build-filter``, and the key spec to run it with (see
+    :func:`filter_key_spec`), checked before any shard."""
     from .filterfile import load_set
     from .hashed import HashedKeySet
 
@@ -270,18 +311,13 @@ async def load_filter(uri: str, spec: KeySpec, stores: Stores) -> HashedKeySet:
     except StreamfilterError as exc:
         raise UsageError(f"cannot read --filter: {exc}") from None
     header, structure = load_set(data, source=redact_uri(uri))
-    built = header["key_spec"]
-    mine = spec.to_dict()
-    differs = [
-        f"{name} {built.get(name)!r} (this run: {mine[name]!r})"
-        for name in ("normalize", "hash", "separator", "entries")
-        if built.get(name) != mine[name]
-    ]
-    if len(built.get("columns", [])) != len(spec.columns):
-        differs.append(f"{len(built.get('columns', []))} key columns (this run: {len(spec.columns)})")
-    if differs:
-        raise UsageError(
-            f"--filter {redact_uri(uri)} was built with {'; '.join(differs)}; pass the same --key, --normalize, "
-            "--key-hash and --blocklist-hash as build-filter had, or build the filter again"
-        )
-    return HashedKeySet(structure, "sha256:" + header["body_sha256"], int(header["key_count"]))
+    key = filter_key_spec(header["key_spec"], spec, given, redact_uri(uri))
+    if not key.is_64bit:  # a file build-filter did not write: it only keeps 64-bit hashes
+        raise UsageError(f"--filter {redact_uri(uri)} records the key hash {key.hash!r}, not a 64-bit one; "
+                         "build the filter again with build-filter")  # fmt: skip
+    return key, HashedKeySet(structure, "sha256:" + header["body_sha256"], int(header["key_count"]))
+
+
+async def load_filter(uri: str, spec: KeySpec, stores: Stores) -> HashedKeySet:
+    """A membership file whose recorded key spec must equal ``spec`` in every part."""
+    return (await open_filter(uri, spec, stores))[1]

@@ -40,13 +40,16 @@ class LocalUpload(Upload):
     def __init__(self, uri: str) -> None:
         super().__init__(uri)
         path = Path(to_path(uri))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Same directory as the target, so the final rename is atomic; created
-        # with the usual mode (0666 less umask), which mkstemp would not give.
-        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.partial"):
-            stale.unlink(missing_ok=True)  # left by a run that was killed while writing this output
-        self._tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.partial")
-        fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Same directory as the target, so the final rename is atomic; created
+            # with the usual mode (0666 less umask), which mkstemp would not give.
+            for stale in path.parent.glob(f".{glob.escape(path.name)}.*.partial"):
+                stale.unlink(missing_ok=True)  # left by a run that was killed while writing this output
+            self._tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.partial")
+            fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except OSError as exc:  # e.g. a file where a directory must be, no permission, no space
+            raise ShardError(f"cannot write {uri}: {exc.strerror or exc}") from None
         self._file = os.fdopen(fd, "wb")
         self._path = path
 
@@ -63,7 +66,10 @@ class LocalUpload(Upload):
             st = self._path.stat()
             return ObjectInfo(self.uri, st.st_size, mtime=st.st_mtime)
 
-        info = await anyio.to_thread.run_sync(finish)
+        try:
+            info = await anyio.to_thread.run_sync(finish)
+        except OSError as exc:  # e.g. a directory in the way of the rename, a full disk
+            raise ShardError(f"cannot write {self.uri}: {exc.strerror or exc}") from None
         self.committed = True
         return info
 
