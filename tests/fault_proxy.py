@@ -25,6 +25,8 @@ from yarl import URL
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "expect", "content-length"}
 )
+#: How long a request the ``hang`` rule holds goes unanswered: longer than botocore's read timeout.
+HANG_SECONDS = 90.0
 S3_ERROR = (
     '<?xml version="1.0" encoding="UTF-8"?>\n'
     "<Error><Code>{code}</Code><Message>{message}</Message><RequestId>fault-proxy</RequestId></Error>"
@@ -139,6 +141,9 @@ class FaultProxy:
         for rule in self.rules:
             if rule.operation == op and rule.key in (key, "*"):
                 self.injected[f"persistent {rule.kind}"] += 1
+                if rule.kind == "hang":  # a store that takes the request and never answers (bounded here)
+                    await asyncio.sleep(HANG_SECONDS)
+                    return drop(request)
                 return s3_error(rule.kind)
         if op == "CompleteMultipartUpload":
             upload_id = request.query["uploadId"]

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -166,3 +168,37 @@ def test_every_format_completes_when_the_store_refuses(
     # Only the refused assembly's upload, when its abort is refused too: the user must abort it.
     assert len(abandoned) == (ABORT in proxy.rules and PART_COPY in proxy.rules)
     assert sorted(s3_keys(s3_client, bucket, "out/")) == sorted(f"out/{name}" for name in names)
+
+
+def test_sigterm_ends_a_run_whose_request_never_returns(
+    proxy: FaultProxy, s3_client, bucket: str, tmp_path: Path
+) -> None:
+    """A part upload that the store takes and never answers: SIGTERM still ends the run soon after the grace
+    period (botocore alone would wait 60 s for the reply, then retry), with the upload aborted and a report."""
+    _, listed = put_formats(s3_client, bucket, tmp_path)
+    blocklist = write_list(tmp_path / "list.txt", sorted(listed))
+    proxy.rules = [Rule("UploadPart", "out/big.parquet", "hang")]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_ENDPOINT")}
+    report = tmp_path / "report.json"
+    command = [sys.executable, "-m", "streamfilter.cli", "run", f"s3://{bucket}/in/big.parquet", "--output",
+               f"s3://{bucket}/out/", "--blocklist", str(blocklist), "--key", "url", "--s3-endpoint-url", proxy.url,
+               "--report", str(report), "--grace-seconds", "1"]  # fmt: skip
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as run:
+        for _ in range(600):  # until the part is held by the proxy (at most 60 s)
+            if proxy.calls["UploadPart", "out/big.parquet"] or run.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert proxy.calls["UploadPart", "out/big.parquet"], run.communicate(timeout=10)
+        run.send_signal(signal.SIGTERM)
+        try:
+            # Grace (1 s), give-up (2 s) and the abort: seconds. Without the cancellation, over 60 s.
+            _, stderr = run.communicate(timeout=45)
+        except subprocess.TimeoutExpired:
+            run.kill()
+            pytest.fail("the run did not end within 45 s of SIGTERM")
+    assert run.returncode == 143, stderr
+    written = json.loads(report.read_text())
+    assert written["interrupted"] and written["shards"][0]["status"] == "failed"
+    assert "stopped by a signal" in written["shards"][0]["error"]
+    assert s3_pending_uploads(s3_client, bucket) == []
+    assert s3_keys(s3_client, bucket, "out/big.parquet") == []

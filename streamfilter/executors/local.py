@@ -22,6 +22,10 @@ from ..store import Stores
 #: 514 MiB against 372 MiB. A dense run (every shard a hit) stays at 1x: there the extra scans in
 #: flight only held memory (peak 644 MiB, against 562-574 MiB before the fan-out).
 SCAN_FANOUT = 2
+#: After the grace period, how long the shards in flight get to give up cleanly (a decoder stops at its next
+#: row group) before every wait they still have is cancelled; their uploads are then aborted.
+GIVE_UP_SECONDS = 2.0
+STOPPED = "stopped by a signal before it was finished (nothing of it was committed); rerun to finish"
 #: Scanned shards seen before the fan-out is decided, and the share of clean ones that widens it.
 FANOUT_AFTER, FANOUT_CLEAN_SHARE = 4, 0.5
 
@@ -74,16 +78,24 @@ async def run_shards(
                     if stop.is_set():
                         reports[index].error = "not started: the run was stopped by a signal; rerun to finish"
                         progress.shard_finished(reports[index])
-                    else:
+                        return
+                    try:
                         reports[index] = await process_shard(shards[index], ctx)
+                    except anyio.get_cancelled_exc_class():
+                        reports[index].error = STOPPED
+                        progress.shard_finished(reports[index])
+                        raise
 
-            async def cancel_after_grace() -> None:
-                await stop.wait()
-                await anyio.sleep(spec.grace_seconds)
-                tools.cancelled.set()
-
-            tg.start_soon(cancel_after_grace)
             async with anyio.create_task_group() as shard_group:
+
+                async def cancel_after_grace() -> None:
+                    await stop.wait()
+                    await anyio.sleep(spec.grace_seconds)
+                    tools.cancelled.set()  # the decoders stop at their next row group ...
+                    await anyio.sleep(GIVE_UP_SECONDS)
+                    shard_group.cancel_scope.cancel()  # ... and whatever still waits (on a store) is cancelled
+
+                tg.start_soon(cancel_after_grace)
                 for index in range(len(shards)):
                     shard_group.start_soon(run_one, index)
             tg.cancel_scope.cancel()  # every shard is finished: the grace timer is not needed

@@ -83,8 +83,9 @@ TRANSIENT_ERRORS = (
 #: and 405 to AbortMultipartUpload; a policy without s3:ListBucketMultipartUploads answers 403.
 REFUSED_CODES = frozenset({"NotImplemented", "XNotImplemented", "MethodNotAllowed", "AccessDenied"})
 REFUSED_STATUS = frozenset({403, 405, 501})
-#: Longest wait for the abort of a failed upload; it runs shielded from cancellation, so it needs its own end.
-ABORT_SECONDS = 30.0
+#: Longest wait for the abort of a failed upload; it runs shielded from cancellation, so it needs its own end
+#: (an abort takes milliseconds: this only bounds a stop, which Kubernetes follows with SIGKILL).
+ABORT_SECONDS = 10.0
 
 
 def error_code(exc: BaseException | None) -> str | None:
@@ -174,9 +175,12 @@ class S3Upload(Upload):
         finally:
             if not self.committed:
                 # Shielded, so a cancelled run still cleans up; bounded, so cleaning up never hangs it.
-                with anyio.move_on_after(ABORT_SECONDS, shield=True):
+                upload_id = self._upload_id
+                with anyio.move_on_after(ABORT_SECONDS, shield=True) as scope:
                     with contextlib.suppress(ShardError):  # the original failure is the one to report
                         await self.abort()
+                if scope.cancelled_caught and upload_id is not None:
+                    self._store.gave_up_abort(self.uri, upload_id)
 
     async def write_part(self, data: bytes) -> None:
         await self._start_part(self._send, data)
@@ -406,6 +410,11 @@ class S3Store(Store):
                 )
             self._abandoned.append((uri, upload_id))
             raise
+
+    def gave_up_abort(self, uri: str, upload_id: str) -> None:
+        """An abort that did not finish in time: the upload may be left, so the report names it."""
+        log.warning("the abort of an upload of %s did not finish; the report lists it", redact_uri(uri))
+        self._abandoned.append((uri, upload_id))
 
     def abandoned_uploads(self, uris: set[str]) -> list[dict[str, str]]:
         return [{"uri": redact_uri(uri), "upload_id": upload_id} for uri, upload_id in self._abandoned if uri in uris]
