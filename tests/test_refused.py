@@ -47,6 +47,8 @@ LIST_DENIED = Rule("ListMultipartUploads", "*", "denied")
 PART_COPY = Rule("UploadPartCopy", "*", "not-implemented")
 COPY = Rule("CopyObject", "*", "not-implemented")
 ABORT = Rule("AbortMultipartUpload", "*", "not-allowed")
+#: The inputs of the run over every format but img2dataset, under ``in/``.
+FORMAT_INPUTS = ("big.parquet", "clean.parquet", "hits.jsonl", "clean.jsonl", "wds.tar")
 CASES = {
     "list-not-implemented": [LIST],
     "list-denied": [LIST_DENIED],
@@ -112,41 +114,48 @@ def check_formats(client, bucket: str, inputs: dict[str, bytes], listed: set[str
     assert s3_get(client, bucket, "out/wds.tar") == expected_tar
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_every_format_completes_when_the_store_refuses(
-    case: str, proxy: FaultProxy, s3_client, bucket: str, tmp_path: Path
-) -> None:
-    inputs, listed = put_formats(s3_client, bucket, tmp_path)
+def run_every_format(client, bucket: str, endpoint: str, tmp_path: Path) -> tuple[dict[str, dict], str]:
+    """Every format through ``endpoint`` into ``out/`` and ``clean-sets/``, each output checked against
+    its reference; the report's shards, by input name, and what the runs wrote to stderr."""
+    inputs, listed = put_formats(client, bucket, tmp_path)
     src = tmp_path / "sets"
     # Set 0: one cut in a tar of about 16 MiB (assembled where UploadPartCopy works); set 1: clean.
     sets = [make_set(src, i, n=16, jpg_sizes=(500_000, 1_500_000)) for i in range(2)]
     for path in sorted(src.iterdir()):
-        s3_client.put_object(Bucket=bucket, Key=f"sets/{path.name}", Body=path.read_bytes())
+        client.put_object(Bucket=bucket, Key=f"sets/{path.name}", Body=path.read_bytes())
     set_listed = {sets[0][0][8]}
     blocklist = write_list(tmp_path / "list.txt", sorted(listed | set_listed))
-    proxy.rules = list(CASES[case])
 
-    names = ["big.parquet", "clean.parquet", "hits.jsonl", "clean.jsonl", "wds.tar"]
-    uris = [f"s3://{bucket}/in/{name}" for name in names]
+    uris = [f"s3://{bucket}/in/{name}" for name in FORMAT_INPUTS]
     proc = cli_run(*uris, "--output", f"s3://{bucket}/out/", "--blocklist", str(blocklist), "--key", "url",
-                   endpoint=proxy.url, report=tmp_path / "formats.json")  # fmt: skip
+                   endpoint=endpoint, report=tmp_path / "formats.json")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     proc_sets = cli_run(f"s3://{bucket}/sets/{{00000..00001}}.tar", "--format", "img2dataset",
                         "--output", f"s3://{bucket}/clean-sets/", "--blocklist", str(blocklist), "--key", "url",
-                        endpoint=proxy.url, report=tmp_path / "sets.json")  # fmt: skip
+                        endpoint=endpoint, report=tmp_path / "sets.json")  # fmt: skip
     assert proc_sets.returncode == 0, proc_sets.stderr
 
-    check_formats(s3_client, bucket, inputs, listed, tmp_path)
+    check_formats(client, bucket, inputs, listed, tmp_path)
     for i, (_, table) in enumerate(sets):
         stem = f"{i:05d}"
         out = f"clean-sets/{stem}"
-        stats = json.loads(s3_get(s3_client, bucket, f"{out}_stats.json"))
-        parquet = read_parquet(s3_get(s3_client, bucket, f"{out}.parquet"))
-        check_set(src, s3_get(s3_client, bucket, f"{out}.tar"), parquet, stats, stem, table, set_listed)
-
-    # The path each output took says which capability was refused.
+        stats = json.loads(s3_get(client, bucket, f"{out}_stats.json"))
+        parquet = read_parquet(s3_get(client, bucket, f"{out}.parquet"))
+        check_set(src, s3_get(client, bucket, f"{out}.tar"), parquet, stats, stem, table, set_listed)
+    assert sorted(s3_keys(client, bucket, "out/")) == sorted(f"out/{name}" for name in FORMAT_INPUTS)
     shards = {Path(s["input"]).name: s for s in json.loads((tmp_path / "formats.json").read_text())["shards"]}
     shards |= {Path(s["input"]).name: s for s in json.loads((tmp_path / "sets.json").read_text())["shards"]}
+    return shards, proc.stderr + proc_sets.stderr
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_every_format_completes_when_the_store_refuses(
+    case: str, proxy: FaultProxy, s3_client, bucket: str, tmp_path: Path
+) -> None:
+    proxy.rules = list(CASES[case])
+    shards, stderr = run_every_format(s3_client, bucket, proxy.url, tmp_path)
+
+    # The path each output took says which capability was refused.
     copied = "byte_copy" if COPY in proxy.rules else "server_copy"
     assert {shards[n]["output_via"] for n in ("clean.parquet", "00001.tar")} == {copied}
     assert shards["00000.tar"]["output_via"] == ("rewrite" if PART_COPY in proxy.rules else "assembled")
@@ -157,7 +166,6 @@ def test_every_format_completes_when_the_store_refuses(
         if rule in proxy.rules:
             met = sum(n for (op, _), n in proxy.calls.items() if op == rule.operation)
             assert met <= 2, (rule, met)  # a listing per run; two parts in flight in the one assembly
-    stderr = proc.stderr + proc_sets.stderr
     if LIST in proxy.rules or LIST_DENIED in proxy.rules:
         assert stderr.count("refused ListMultipartUploads") <= 2, stderr
 
@@ -167,7 +175,6 @@ def test_every_format_completes_when_the_store_refuses(
     assert pending == {(u["uri"].split("/", 3)[3], u["upload_id"]) for u in abandoned}
     # Only the refused assembly's upload, when its abort is refused too: the user must abort it.
     assert len(abandoned) == (ABORT in proxy.rules and PART_COPY in proxy.rules)
-    assert sorted(s3_keys(s3_client, bucket, "out/")) == sorted(f"out/{name}" for name in names)
 
 
 def test_sigterm_ends_a_run_whose_request_never_returns(
