@@ -125,6 +125,19 @@ def cwd_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--reverse-order",
+        action="store_true",
+        help="run the collected tests last to first: a test that needs another to run before it fails",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--reverse-order"):
+        items.reverse()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # A test must never reach a real AWS account, whatever the machine's environment.
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")

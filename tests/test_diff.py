@@ -38,6 +38,7 @@ from streamfilter.diff.removals import encode_removals
 from streamfilter.diff.resolve import resolve_partition
 from streamfilter.diff.spill import chunk_id
 from streamfilter.errors import UsageError
+from streamfilter.plan import Shard, worker_of
 
 HOSTS = ("cdn.example.com", "img.photos.net", "static.pics.org", "media.site.io", "i0.wp.com")
 TOKEN_VAR = "SF_DIFF_TEST_TOKEN"
@@ -610,15 +611,26 @@ def test_a_corrupt_reference_shard_fails_alone_and_a_rerun_finishes(sides: Sides
 # --------------------------------------------------------------------------- 7. static workers
 
 
+def owners(sides: Sides, num_workers: int) -> dict[Path, int]:
+    """The worker of each input shard, as the product's assignment (``plan.worker_of``) gives it.
+
+    It hashes the shard's URI, here an absolute path under pytest's temp dir: which worker gets
+    which shard, and whether one gets them all, changes with where the suite runs.
+    """
+    return {p: worker_of(Shard(str(p), None, str(p)), num_workers) for p in [*sides.reference, *sides.derivative]}
+
+
 def test_static_workers_phase_by_phase_give_the_single_run_list(sides: Sides, tmp_path: Path, capsys) -> None:
     assert diff(sides.args(tmp_path / "single.txt", "--partitions", "8")) == 0
     out = tmp_path / "workers.txt"
     spill = tmp_path / "workers.txt.spill"
     base = sides.args(out, "--partitions", "8", "--num-workers", "2")
+    owner = owners(sides, 2)
 
-    # Each worker spills its own share and leaves the other's alone (which share is the hash's choice).
+    # Each worker spills its own share, as worker_of assigns it, and leaves the other's alone.
     assert diff([*base, "--phase", "partition", "--worker-index", "0"]) == 0
     first = {**marker_stats(spill, "reference"), **marker_stats(spill, "derivative")}
+    assert set(first) == {f"{chunk_id(str(p))}.json" for p, w in owner.items() if w == 0}
     assert diff([*base, "--phase", "partition", "--worker-index", "1"]) == 0
     both = {**marker_stats(spill, "reference"), **marker_stats(spill, "derivative")}
     assert len(both) == len(sides.reference) + len(sides.derivative)
@@ -652,11 +664,45 @@ def test_resolve_before_any_partition_is_refused(sides: Sides, tmp_path: Path, c
 
 def test_resolve_before_every_worker_partitioned_is_refused(sides: Sides, tmp_path: Path, capsys) -> None:
     base = sides.args(tmp_path / "rm.txt", "--partitions", "8", "--num-workers", "2")
-    assert diff([*base, "--phase", "partition", "--worker-index", "0"]) == 0
+    # The worker with the smaller share partitions, so the other's shards (at least 4 of the 7) are
+    # missing wherever the suite runs; the hash of the paths may give one worker all of them.
+    shares = [sum(w == i for w in owners(sides, 2).values()) for i in (0, 1)]
+    early = shares.index(min(shares))
+    assert diff([*base, "--phase", "partition", "--worker-index", str(early)]) == 0
+    capsys.readouterr()
+    assert diff([*base, "--phase", "resolve", "--worker-index", str(1 - early)]) == 2
+    assert "not spilled yet" in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "rm.txt.spill" / "results").exists()
+
+
+def test_a_worker_whose_share_is_empty_spills_nothing(tmp_path: Path, capsys) -> None:
+    """Where the hash of the paths gives worker 0 every shard, worker 1 has nothing to partition."""
+    root = next(
+        tmp_path / f"d{i}"
+        for i in range(10_000)
+        if set(owners(make_sides_paths(tmp_path / f"d{i}"), 2).values()) == {0}
+    )
+    sides = make_sides(root)
+    assert set(owners(sides, 2).values()) == {0}
+    out, spill = tmp_path / "rm.txt", tmp_path / "rm.txt.spill"
+    base = sides.args(out, "--partitions", "4", "--num-workers", "2")
+    assert diff([*base, "--phase", "partition", "--worker-index", "1"]) == 0
+    assert markers(spill, "reference") == {} and markers(spill, "derivative") == {}
     capsys.readouterr()
     assert diff([*base, "--phase", "resolve", "--worker-index", "1"]) == 2
     assert "not spilled yet" in one_error_line(capsys.readouterr().err)
-    assert not (tmp_path / "rm.txt.spill" / "results").exists()
+    for phase, worker in (("partition", "0"), ("resolve", "0"), ("resolve", "1")):
+        assert diff([*base, "--phase", phase, "--worker-index", worker]) == 0
+    assert diff([*base, "--phase", "merge"]) == 0
+    assert read_list(out) == absent(column(sides.derivative, "URL"), column(sides.reference, "url"))
+
+
+def make_sides_paths(root: Path) -> Sides:
+    """The paths ``make_sides(root)`` writes, without writing them."""
+    return Sides(
+        [root / "ref" / f"part-{n:05d}.parquet" for n in range(3)],
+        [root / "der" / f"{n:03d}.parquet" for n in range(4)],
+    )
 
 
 def test_merge_before_every_partition_is_resolved_is_refused(sides: Sides, tmp_path: Path, capsys) -> None:
