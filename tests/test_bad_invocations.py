@@ -129,9 +129,7 @@ def tree(root: Path) -> dict[str, str]:
     return found
 
 
-@pytest.mark.parametrize(
-    "name", [pytest.param(name, marks=XFAIL[name]) if name in XFAIL else name for name in CASES]
-)
+@pytest.mark.parametrize("name", [pytest.param(name, marks=XFAIL[name]) if name in XFAIL else name for name in CASES])
 def test_bad_invocation_says_one_line(name: str, template: Path, tmp_path: Path, request) -> None:
     case = CASES[name]
     work = tmp_path / "work"
