@@ -178,19 +178,20 @@ def test_a_corrupt_shard_fails_alone_with_one_line(ray_instance, tmp_path: Path)
 
 def test_a_worker_that_dies_fails_only_its_shard(ray_instance, tmp_path: Path, monkeypatch) -> None:
     _tables, _listed, blocklist = local_shards(tmp_path, seed=75, rows=300)
-    original = ray_executor.filter_shard
+    original = ray_executor.run_task
 
-    def dies_on_the_second_shard(spec, shard, *args):  # a local function: Ray ships it by value
+    def dies_on_the_second_shard(work, index, shard, *args):  # a local function: Ray ships it by value
         if shard.name == NAMES[1]:
             os._exit(1)
-        return original(spec, shard, *args)
+        return original(work, index, shard, *args)
 
-    monkeypatch.setattr(ray_executor, "filter_shard", dies_on_the_second_shard)
+    monkeypatch.setattr(ray_executor, "run_task", dies_on_the_second_shard)
     report = run_on("ray", tmp_path, blocklist)
 
     assert [s.status for s in report.shards] == ["done", "failed", "done", "done"]
     error = report.shards[1].error
-    assert error and "\n" not in error and NAMES[1] in error and "Ray worker died" in error
+    assert error and "\n" not in error and "Ray worker died" in error
+    assert report.shards[1].input.endswith(NAMES[1])
     assert not (tmp_path / "out" / NAMES[1]).exists()
 
 
@@ -207,7 +208,8 @@ def test_the_key_set_is_put_in_the_object_store_once(ray_instance, tmp_path: Pat
     report = run_on("ray", tmp_path, blocklist)
 
     assert report.ok and len(report.shards) == len(NAMES)
-    assert len(put_args) == 1 and isinstance(put_args[0], ExactKeySet)
+    # One put, of the work every task runs: it carries the key set.
+    assert len(put_args) == 1 and isinstance(put_args[0].key_set, ExactKeySet)
 
 
 def test_a_rerun_resumes_from_receipts(ray_instance, tmp_path: Path) -> None:

@@ -1,13 +1,12 @@
-"""The Ray executor: one Ray task per shard, each running the local pipeline on its one shard.
+"""The Ray executor: one Ray task per unit, each running the local executor on its one unit.
 
-The membership set goes into the object store once and every task reads it from
-there. Reading, matching, writing and receipts are the local executor's, so a
+The work (with what it carries: a run's membership set) goes into the object store
+once and every task reads it from there. What a unit does is the work's, so a
 shard's output is the same bytes whichever executor wrote it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -15,29 +14,24 @@ import signal
 import socket
 import threading
 import time
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
 
-from ..engine import shard_report
-from ..errors import UsageError, redact_text, redact_uri
-from ..ledger import ShardReport
-from ..plan import Shard
-from ..progress import Progress
-from ..sets import ExactKeySet
-from ..spec import JobSpec
-from .local import run_shards
+from ..errors import UsageError, redact_text
+from . import NOT_STARTED, STOPPED, Limits, Work
+from .local import GIVE_UP_SECONDS, run_local
 
-NOT_STARTED = "not started: the run was stopped by a signal; rerun to finish"
-STOPPED = "stopped by a signal before it was finished; its Ray task was cancelled, rerun to finish"
-#: What the tasks need from the driver's environment: S3 credentials and endpoint, pyarrow's allocator setting.
-FORWARDED_ENV = ("AWS_", "MIMALLOC_PURGE_DELAY")
+U = TypeVar("U")
+R = TypeVar("R")
+
+#: What the tasks need from the driver's environment: S3 credentials and endpoint, the Hugging Face
+#: token and endpoint, pyarrow's allocator setting. Passed on, never logged.
+FORWARDED_ENV = ("AWS_", "HF_", "MIMALLOC_PURGE_DELAY")
 #: How often the driver collects finished tasks and a task asks whether the run is stopping.
 POLL_SECONDS = 0.5
-#: After the grace period a shard gives up within one row group; it gets this long before its
-#: task is interrupted, and as long again before its worker is killed.
-GIVE_UP_SECONDS = 3.0
 
 
 class Gate:
@@ -65,21 +59,17 @@ class Gate:
         return self.stopping
 
 
-def filter_shard(
-    spec: JobSpec, shard: Shard, key_set: ExactKeySet, output_root: str | None, index: int, gate: Any, verbose: bool
-) -> ShardReport:
-    """The body of one Ray task: the local pipeline on one shard."""
+def run_task(work: Work[U, R], index: int, unit: U, grace_seconds: float, gate: Any) -> R:
+    """The body of one Ray task: the local executor on unit number ``index``."""
     import ray
 
     if not ray.get(gate.start.remote(index)):
-        return shard_report(shard, NOT_STARTED)
-    return anyio.run(_filter_until_stopped, spec, shard, key_set, output_root, gate, verbose)
+        return work.not_run(unit, NOT_STARTED)
+    return anyio.run(_run_until_stopped, work, unit, grace_seconds, gate)
 
 
-async def _filter_until_stopped(
-    spec: JobSpec, shard: Shard, key_set: ExactKeySet, output_root: str | None, gate: Any, verbose: bool
-) -> ShardReport:
-    # The driver's stop reaches the shard as the local executor's stop event, so the
+async def _run_until_stopped(work: Work[U, R], unit: U, grace_seconds: float, gate: Any) -> R:
+    # The driver's stop reaches the unit as the local executor's stop event, so the
     # grace period and the clean give-up between row groups are the local ones.
     stop = anyio.Event()
 
@@ -90,45 +80,39 @@ async def _filter_until_stopped(
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(watch)
-        [report] = await run_shards(spec, [shard], key_set, output_root, Progress.silent(), stop, verbose)
+        [result] = await run_local([unit], work, Limits(1, grace_seconds), stop, lambda result, remote: None)
         tg.cancel_scope.cancel()
-    return report
+    return result
 
 
-async def run_shards_on_ray(
-    spec: JobSpec,
-    shards: list[Shard],
-    key_set: ExactKeySet,
-    output_root: str | None,
-    progress: Progress,
-    stop: anyio.Event,
-    verbose: bool = False,
-) -> list[ShardReport]:
-    """Run each shard as a Ray task; one report per shard, in order."""
+async def run_on_ray(
+    units: Sequence[U], work: Work[U, R], limits: Limits, stop: anyio.Event, on_result: Callable[[R, bool], None]
+) -> list[R]:
+    """Run each unit as a Ray task; one result per unit, in order."""
     try:
         import ray
     except ImportError:
         raise UsageError("--executor ray needs Ray: pip install 'streamfilter[ray]'") from None
-    if not shards or stop.is_set():  # nothing to run, or stopped before anything started: no Ray needed
-        reports = [shard_report(shard, NOT_STARTED) for shard in shards]
-        for report in reports:
-            progress.shard_finished(report)
-        return reports
-    started_here = _connect(ray, spec.ray_address)
+    if not units or stop.is_set():  # nothing to run, or stopped before anything started: no Ray needed
+        results = [work.not_run(unit, NOT_STARTED) for unit in units]
+        for result in results:
+            on_result(result, False)
+        return results
+    started_here = connect(ray, limits.ray_address)
     gate = None
     try:
         gate = ray.remote(num_cpus=0)(Gate).remote()
-        return await _run(ray, gate, spec, shards, key_set, output_root, progress, stop, verbose)
+        return await _run(ray, gate, units, work, limits, stop, on_result)
     finally:
         # Also when the caller gave up early: a task still running then finds the gate
-        # gone, and its shard stops as it would on a signal, committing nothing.
+        # gone, and its unit stops as it would on a signal, committing nothing.
         if gate is not None:
             ray.kill(gate)
         if started_here:
             ray.shutdown()
 
 
-def _connect(ray: Any, address: str | None) -> bool:
+def connect(ray: Any, address: str | None) -> bool:
     """Join the cluster at ``address`` (or $RAY_ADDRESS), or start a local instance; True if started here."""
     if ray.is_initialized():
         return False
@@ -149,8 +133,8 @@ def _connect(ray: Any, address: str | None) -> bool:
         ray.init(**options, **quiet)
     except Exception as exc:
         if address:
-            raise UsageError(f"cannot join the Ray cluster at {address}: {_one_line(exc)}") from None
-        raise UsageError(f"cannot start a local Ray instance: {_one_line(exc)}; or pass --ray-address") from None
+            raise UsageError(f"cannot join the Ray cluster at {address}: {one_line(exc)}") from None
+        raise UsageError(f"cannot start a local Ray instance: {one_line(exc)}; or pass --ray-address") from None
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -174,29 +158,25 @@ def _check_reachable(address: str) -> None:
 async def _run(
     ray: Any,
     gate: Any,
-    spec: JobSpec,
-    shards: list[Shard],
-    key_set: ExactKeySet,
-    output_root: str | None,
-    progress: Progress,
+    units: Sequence[U],
+    work: Work[U, R],
+    limits: Limits,
     stop: anyio.Event,
-    verbose: bool,
-) -> list[ShardReport]:
+    on_result: Callable[[R, bool], None],
+) -> list[R]:
     # Ray workers do not inherit the driver's environment; these values are passed on, never logged.
     env = {name: value for name, value in os.environ.items() if name.startswith(FORWARDED_ENV)}
-    task = ray.remote(filter_shard).options(
-        num_cpus=spec.ray_task_cpus,
-        # A rerun resumes from receipts; a shard that crashed its worker would likely crash it again.
+    task = ray.remote(run_task).options(
+        num_cpus=limits.task_cpus,
+        # A rerun resumes from receipts or markers; a unit that crashed its worker would likely crash it again.
         max_retries=0,
         runtime_env={"env_vars": env},
     )
-    key_ref = ray.put(key_set)  # once: every task reads this one copy from the object store
-    one_shard = dataclasses.replace(spec, concurrency=1, executor="local")
+    work_ref = ray.put(work.detached())  # once: every task reads this one copy from the object store
     pending = {
-        task.remote(one_shard, shard, key_ref, output_root, index, gate, verbose): index
-        for index, shard in enumerate(shards)
+        task.remote(work_ref, index, unit, limits.grace_seconds, gate): index for index, unit in enumerate(units)
     }
-    reports: dict[int, ShardReport] = {}
+    results: dict[int, R] = {}
     started: set[int] | None = None  # known once the run is stopping
     interrupted = False  # True once tasks in flight were cancelled after the grace period
     interrupt_at = kill_at = math.inf
@@ -206,7 +186,7 @@ async def _run(
             for ref, index in pending.items():
                 if index not in started:
                     ray.cancel(ref)
-            interrupt_at = time.monotonic() + spec.grace_seconds + GIVE_UP_SECONDS
+            interrupt_at = time.monotonic() + limits.grace_seconds + GIVE_UP_SECONDS
             kill_at = interrupt_at + GIVE_UP_SECONDS
         now = time.monotonic()
         if now >= interrupt_at:  # past the grace period: interrupt what still runs, later kill it
@@ -215,19 +195,20 @@ async def _run(
             interrupt_at, interrupted = (kill_at if now < kill_at else math.inf), True
         for ref, outcome in await anyio.to_thread.run_sync(_finished, ray, list(pending)):
             index = pending.pop(ref)
-            if not isinstance(outcome, ShardReport):
-                outcome = _failed(ray, shards[index], outcome, index, started, interrupted)
-            reports[index] = outcome
-            if not outcome.resumed:
-                progress.add(outcome.rows_in, outcome.bytes_read)
-            progress.shard_finished(outcome)
-    return [reports[index] for index in range(len(shards))]
+            if isinstance(outcome, Exception):
+                why = _why_failed(ray, outcome, index, started, interrupted)
+                results[index] = work.not_run(units[index], why)
+                on_result(results[index], False)
+            else:
+                results[index] = outcome
+                on_result(outcome, True)
+    return [results[index] for index in range(len(units))]
 
 
-def _finished(ray: Any, refs: list[Any]) -> list[tuple[Any, ShardReport | Exception]]:
-    """The tasks that finish within one poll, each with its report or what ended it."""
+def _finished(ray: Any, refs: list[Any]) -> list[tuple[Any, Any]]:
+    """The tasks that finish within one poll, each with its result or what ended it."""
     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=POLL_SECONDS)
-    outcomes: list[tuple[Any, ShardReport | Exception]] = []
+    outcomes: list[tuple[Any, Any]] = []
     for ref in ready:
         try:
             outcomes.append((ref, ray.get(ref)))
@@ -236,24 +217,19 @@ def _finished(ray: Any, refs: list[Any]) -> list[tuple[Any, ShardReport | Except
     return outcomes
 
 
-def _failed(
-    ray: Any, shard: Shard, exc: Exception, index: int, started: set[int] | None, interrupted: bool
-) -> ShardReport:
-    """The report of a shard whose task ended without one: cancelled, or its worker died."""
-    name = redact_uri(shard.input)
+def _why_failed(ray: Any, exc: Exception, index: int, started: set[int] | None, interrupted: bool) -> str:
+    """Why a task ended without a result: cancelled, stopped, or its worker died."""
     if started is not None and index not in started:
-        error = NOT_STARTED
-    elif interrupted:
-        error = f"{name}: {STOPPED}"
-    elif isinstance(exc, ray.exceptions.RayTaskError) and isinstance(exc.cause, BaseException):
+        return NOT_STARTED
+    if interrupted:
+        return STOPPED
+    if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(exc.cause, BaseException):
         cause = exc.cause
-        error = f"{name}: its Ray task raised {type(cause).__name__}: {_one_line(cause)}; rerun to retry it"
-    else:
-        error = f"{name}: its Ray worker died ({type(exc).__name__}); rerun to retry it"
-    return shard_report(shard, error)
+        return f"its Ray task raised {type(cause).__name__}: {one_line(cause)}; rerun to retry it"
+    return f"its Ray worker died ({type(exc).__name__}); rerun to retry it"
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     """A library's message as one redacted line of bounded length (Ray's span many lines)."""
     text = redact_text(" ".join(str(exc).split()))
     return text if len(text) <= 300 else text[:299] + "…"
