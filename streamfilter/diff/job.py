@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
+import io
 import itertools
 import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -24,6 +28,7 @@ from anyio.from_thread import BlockingPortal
 from .._version import __version__
 from ..concurrency import gather_limited
 from ..errors import ShardError, StreamfilterError, UsageError, redact_uri
+from ..executors import Limits, run_units
 from ..formats.parquet import ParquetShard
 from ..ledger import json_objects
 from ..plan import Shard, expand_input, worker_of
@@ -240,27 +245,101 @@ async def partition_phase(ctx: Context, infos: dict[str, list[ObjectInfo]]) -> d
         resumed[side.name] = len(mine) - len(fresh)
         todo += [(side, i) for i in fresh]
     ctx.progress.start("partition", len(todo))
-
-    async def one(item: tuple[Side, ObjectInfo]) -> None:
-        side, info = item
-        try:
-            marker = await spill_input(ctx, side, info)
-        except StreamfilterError as exc:
-            ctx.failures.append(f"{side.name} {redact_uri(info.uri)}: {exc}")
-            ctx.progress.step(redact_uri(info.uri), str(exc), failed=True)
-            return
-        ctx.chunk_markers[side.name][spill.chunk_id(info.uri)] = marker
-        ctx.progress.step(redact_uri(info.uri), f"{side.name}, {marker['rows']:,} keys")
-
-    if ctx.spec.executor == "ray":
-        from .ray import spill_on_ray
-
-        await spill_on_ray(ctx, todo)
-        ctx.chunk_markers.clear()  # written by the tasks: read them again
-    else:
-        await gather_limited(todo, one, ctx.spec.concurrency)
+    await run_steps(ctx, "spill", [(side.name, info) for side, info in todo])
     ctx.progress.close()
     return resumed
+
+
+# --------------------------------------------------------------------------- steps on an executor
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one step (a shard spilled, a partition resolved) left: its marker, or why it failed."""
+
+    unit: Any
+    what: str
+    marker: dict | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class DiffSteps:
+    """The diff's steps of one kind as an executor's work: ``spill`` takes (side name, input) units,
+    ``resolve`` takes :class:`PartitionWork` units. Run here, the steps share the driver's context;
+    shipped to a Ray task, each opens its own."""
+
+    spec: DiffSpec
+    partitions: int
+    kind: str
+    ctx: Context | None = field(default=None, compare=False)
+
+    def what(self, unit: Any) -> str:
+        return redact_uri(unit[1].uri) if self.kind == "spill" else f"partition {unit.partition}"
+
+    def not_run(self, unit: Any, why: str) -> StepResult:
+        return StepResult(unit, self.what(unit), error=why)
+
+    def detached(self) -> DiffSteps:
+        # A task is one process on some node: one step at a time, with the whole memory budget.
+        return dataclasses.replace(self, ctx=None, spec=dataclasses.replace(self.spec, concurrency=1, executor="local"))
+
+    @contextlib.asynccontextmanager
+    async def session(self, stop: anyio.Event, concurrency: int) -> AsyncIterator[DiffStepSession]:
+        if self.ctx is not None:
+            yield DiffStepSession(self, self.ctx)
+            return
+        stores = Stores(self.spec.store)
+        try:
+            async with BlockingPortal() as portal:
+                progress = DiffProgress(io.StringIO(), live=False)
+                yield DiffStepSession(self, Context(self.spec, stores, portal, self.partitions, progress))
+        finally:
+            await stores.aclose()
+
+
+class DiffStepSession:
+    def __init__(self, steps: DiffSteps, ctx: Context) -> None:
+        self.steps, self.ctx = steps, ctx
+
+    async def run(self, unit: Any) -> StepResult:
+        what = self.steps.what(unit)
+        try:
+            if self.steps.kind == "spill":
+                side_name, info = unit
+                side = self.ctx.spec.reference if side_name == "reference" else self.ctx.spec.derivative
+                return StepResult(unit, what, await spill_input(self.ctx, side, info))
+            return StepResult(unit, what, await resolve_one(self.ctx, unit))
+        except StreamfilterError as exc:
+            return StepResult(unit, what, error=str(exc))
+
+    def give_up(self) -> None:
+        """The diff takes no signal of its own: a step runs to its end."""
+
+
+async def run_steps(ctx: Context, kind: str, units: list) -> None:
+    """Run the steps on the spec's executor; failures, progress and markers are gathered into ``ctx``."""
+
+    def on_result(result: StepResult, remote: bool) -> None:
+        if result.error is not None:
+            prefix = f"{result.unit[0]} " if kind == "spill" else ""
+            ctx.failures.append(f"{prefix}{result.what}: {result.error}")
+            ctx.progress.step(result.what, result.error, failed=True)
+            return
+        marker = result.marker or {}
+        if remote:  # written in another process: counted here from its marker
+            ctx.written += sum(e[2] for entries in marker.get("files", {}).values() for e in entries)
+            ctx.written += marker.get("bytes", 0)
+        if kind == "spill":
+            side, info = result.unit
+            ctx.chunk_markers.setdefault(side, {})[spill.chunk_id(info.uri)] = marker
+            ctx.progress.step(result.what, f"{side}, {marker['rows']:,} keys")
+        else:
+            ctx.progress.step(result.what, f"{marker['counts']['removal_rows']:,} rows to remove")
+
+    steps = DiffSteps(ctx.spec, ctx.partitions, kind, ctx)
+    limits = Limits(ctx.spec.concurrency, ray_address=ctx.spec.ray_address, task_cpus=1)
+    await run_units(ctx.spec.executor, units, steps, limits, anyio.Event(), on_result)
 
 
 # --------------------------------------------------------------------------- phase two
@@ -341,23 +420,7 @@ async def resolve_phase(ctx: Context, works: list[PartitionWork]) -> int:
     mine = [w for w in works if w.partition % ctx.spec.num_workers == ctx.spec.worker_index]
     todo = [w for w in mine if ctx.spec.overwrite or (done.get(f"p{w.partition:05d}") or {}).get("digest") != w.digest]
     ctx.progress.start("resolve", len(todo))
-
-    async def one(work: PartitionWork) -> None:
-        try:
-            marker = await resolve_one(ctx, work)
-        except StreamfilterError as exc:
-            ctx.failures.append(f"partition {work.partition}: {exc}")
-            ctx.progress.step(f"partition {work.partition}", str(exc), failed=True)
-            return
-        c = marker["counts"]
-        ctx.progress.step(f"partition {work.partition}", f"{c['removal_rows']:,} rows to remove")
-
-    if ctx.spec.executor == "ray":
-        from .ray import resolve_on_ray
-
-        await resolve_on_ray(ctx, todo)
-    else:
-        await gather_limited(todo, one, ctx.spec.concurrency)
+    await run_steps(ctx, "resolve", todo)
     ctx.progress.close()
     return len(mine) - len(todo)
 
