@@ -3,13 +3,24 @@
 The reader knows nothing of keys or stores: it takes a seekable binary file and,
 when the file offers ``prefetch``, asks for the next row group's bytes while the
 current one is decoded, so network time hides behind CPU time.
+
+The writer reproduces the source's footer wherever pyarrow's writer can: its
+key-value metadata as it is, its Parquet schema (checked on an empty file written
+with the chosen options before any row group is read), each column's codec, page
+indexes, Bloom filters and sorting columns. A source it cannot reproduce is
+refused with one line rather than written differently.
 """
 
 from __future__ import annotations
 
+import io
+import json
+import re
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -29,7 +40,17 @@ MAX_FOOTER_BYTES = 64 * 1024 * 1024
 #: claim; LAION metadata shards have row groups of 10-100 MiB.
 MAX_ROW_GROUP_BYTES = 2 * 1024**3
 _VERSIONS = {"1.0", "2.4", "2.6"}
-_CODECS = {"UNCOMPRESSED": "none"}
+#: Codecs as pyarrow's metadata names them -> pyarrow's writer names. Missing: LZO, and the legacy
+#: (Hadoop) LZ4 that pyarrow reads but reports as UNKNOWN and cannot write (its "lz4" is LZ4_RAW).
+_CODECS = {
+    "UNCOMPRESSED": "none",
+    "SNAPPY": "snappy",
+    "GZIP": "gzip",
+    "BROTLI": "brotli",
+    "LZ4": "lz4",
+    "LZ4_RAW": "lz4",
+    "ZSTD": "zstd",
+}
 
 
 def row_group_span(metadata: pq.FileMetaData, index: int, columns: list[str] | None = None) -> tuple[int, int]:
@@ -91,6 +112,39 @@ def footer_length(file: BinaryIO, name: str) -> int:
     return length
 
 
+def _timestamp_leaves(values: pa.ChunkedArray | pa.Array) -> list[np.ndarray]:
+    """The int64 values of every timestamp inside ``values`` (nested or not), nulls as 0."""
+    if isinstance(values, pa.ChunkedArray):
+        return [leaf for chunk in values.chunks for leaf in _timestamp_leaves(chunk)]
+    kind = values.type
+    if pa.types.is_timestamp(kind):
+        return [values.cast(pa.int64()).fill_null(0).to_numpy()]
+    if pa.types.is_map(kind):
+        return _timestamp_leaves(values.keys) + _timestamp_leaves(values.items)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        return _timestamp_leaves(values.flatten())
+    if pa.types.is_struct(kind):
+        return [leaf for child in values.flatten() for leaf in _timestamp_leaves(child)]
+    return []
+
+
+def _same_instants(fine: pa.ChunkedArray, coarse: pa.ChunkedArray, factor: int) -> bool:
+    """Whether ``fine`` (one unit) floors to ``coarse`` (a unit ``factor`` times coarser) everywhere."""
+    pairs = zip(_timestamp_leaves(fine), _timestamp_leaves(coarse), strict=True)
+    return all(np.array_equal(np.floor_divide(f, factor), c) for f, c in pairs)
+
+
+def _whole_microseconds(ns: pa.ChunkedArray, us: pa.ChunkedArray) -> bool:
+    """Whether no value has a sub-microsecond part, from nanoseconds that may have wrapped around.
+
+    Both decodings are the same day-and-nanoseconds sum modulo 2**64, so their
+    wrapping difference is exactly the sub-microsecond part.
+    """
+    with np.errstate(over="ignore"):
+        pairs = zip(_timestamp_leaves(ns), _timestamp_leaves(us), strict=True)
+        return all(not np.any(n - u * 1000) for n, u in pairs)
+
+
 class ParquetShard:
     """A Parquet file opened for streaming: footer read, row groups decoded on demand."""
 
@@ -109,6 +163,14 @@ class ParquetShard:
             raise ShardError(f"{name} is not a readable Parquet file ({exc}); check the object") from None
         self.metadata: pq.FileMetaData = self._pf.metadata
         self.schema: pa.Schema = self._pf.schema_arrow
+        self.parquet_schema: pq.ParquetSchema = self._pf.schema
+        #: Top-level columns holding INT96 timestamps, which pyarrow decodes to nanoseconds by default.
+        self.int96 = {
+            column.path.split(".", 1)[0]
+            for column in (self.parquet_schema.column(i) for i in range(len(self.parquet_schema)))
+            if column.physical_type == "INT96"
+        }
+        self._at_unit: dict[str, pq.ParquetFile] = {}
 
     @property
     def num_row_groups(self) -> int:
@@ -177,26 +239,288 @@ class ParquetShard:
         names = self.schema.names
         if len(set(names)) < len(names):  # a column cannot be picked by a name it shares
             table = self.read(index, None, use_threads)
+            if self.int96:
+                table = self.exact_int96(index, None, table)
             return table if keep is None else table.filter(keep)
         parts = []
         for name in names:
-            column = decoded.column(name) if name in decoded.column_names else self.read(index, [name]).column(0)
+            if name in self.int96:
+                column = self.exact_int96(index, [name], self.read(index, [name])).column(0)
+            elif name in decoded.column_names:
+                column = decoded.column(name)
+            else:
+                column = self.read(index, [name]).column(0)
             parts.append(column if keep is None else column.filter(keep))
             del column
-        return pa.Table.from_arrays(parts, schema=self.schema)
+        schema = self.schema
+        if self.int96:  # an INT96 column may have been decoded at microseconds instead (see exact_int96)
+            schema = pa.schema(
+                [f.with_type(p.type) for f, p in zip(schema, parts, strict=True)], metadata=schema.metadata
+            )
+        return pa.Table.from_arrays(parts, schema=schema)
+
+    def _read_at(self, unit: str, index: int, columns: list[str] | None) -> pa.Table:
+        """Columns of one row group with INT96 decoded at ``unit``, through a second reader of the same file."""
+        pf = self._at_unit.get(unit)
+        if pf is None:
+            pf = self._at_unit[unit] = pq.ParquetFile(
+                self._file, pre_buffer=False, metadata=self.metadata, coerce_int96_timestamp_unit=unit
+            )
+        try:
+            return pf.read_row_group(index, columns=columns, use_threads=False)
+        except (pa.ArrowException, OSError) as exc:
+            raise ShardError(f"{self.name}: row group {index} cannot be decoded ({exc}); the file is corrupt") from None
+
+    def exact_int96(self, index: int, columns: list[str] | None, table: pa.Table) -> pa.Table:
+        """``table`` (decoded at pyarrow's default, nanoseconds) with its INT96 columns checked.
+
+        An INT96 value is a day and the nanoseconds into it. Decoded to int64 nanoseconds,
+        a date outside 1677-2262 (Spark's 0001-01-01 and 9999-12-31 placeholders) wraps
+        around silently. Milliseconds hold every INT96 date, so a column whose nanoseconds
+        agree with its milliseconds is exact; one that does not is decoded at microseconds,
+        used if no value has a sub-microsecond part, and refused otherwise.
+        """
+        reads: dict[str, pa.Table] = {}
+
+        def at(unit: str) -> pa.Table:
+            if unit not in reads:
+                reads[unit] = self._read_at(unit, index, columns)
+            return reads[unit]
+
+        for j, name in enumerate(table.column_names):
+            if name not in self.int96:
+                continue
+            ns = table.column(j)
+            ms = at("ms").column(j)
+            if _same_instants(ns, ms, 10**6):
+                continue
+            us = at("us").column(j)
+            if not (_same_instants(us, ms, 1000) and _whole_microseconds(ns, us)):
+                raise ShardError(
+                    f"{self.name}: column '{name}' of row group {index} holds INT96 timestamps that no Arrow "
+                    "timestamp holds exactly (nanoseconds on a date outside 1677-2262, or a date past ±290,000 "
+                    "years); the shard was not rewritten: store that column at microsecond precision and run again"
+                )
+            table = table.set_column(j, table.schema.field(j).with_type(us.type), us)
+        return table
 
 
-def writer_options(metadata: pq.FileMetaData) -> dict:
-    """Writer settings that reproduce the source's codec per column and format version."""
-    options: dict = {}
-    if metadata.num_row_groups:
-        rg = metadata.row_group(0)
-        codecs = {rg.column(j).path_in_schema: rg.column(j).compression for j in range(rg.num_columns)}
-        # Parquet metadata says UNCOMPRESSED where pyarrow's writer expects "none".
-        options["compression"] = {path: _CODECS.get(codec, codec.lower()) for path, codec in codecs.items()}
-    if metadata.format_version in _VERSIONS:
-        options["version"] = metadata.format_version
-    return options
+class _GeoArrowWkb(pa.ExtensionType):
+    """GeoArrow's WKB type, which pyarrow's writer turns into Parquet's GEOMETRY or GEOGRAPHY.
+
+    Not registered (that would change how every reader in the process decodes such
+    columns): we wrap a decoded binary column in it only to write it back annotated.
+    """
+
+    def __init__(self, storage_type: pa.DataType, metadata: bytes) -> None:
+        self._metadata = metadata
+        super().__init__(storage_type, "geoarrow.wkb")
+
+    def __arrow_ext_serialize__(self) -> bytes:
+        return self._metadata
+
+    @classmethod
+    def __arrow_ext_deserialize__(cls, storage_type: pa.DataType, serialized: bytes) -> _GeoArrowWkb:
+        return cls(storage_type, serialized)
+
+
+def _geoarrow_metadata(logical_type: pq.ParquetLogicalType) -> bytes:
+    """GeoArrow metadata for a GEOMETRY or GEOGRAPHY annotation: its CRS string (pyarrow writes it
+    back as it is, ``projjson:KEY`` references to the footer included) and a geography's edges."""
+    described = json.loads(logical_type.to_json())
+    metadata = {"crs": described["crs"]} if described.get("crs") else {}
+    if logical_type.type == "GEOGRAPHY":
+        metadata["edges"] = str(described.get("algorithm", "spherical")).lower()
+    return json.dumps(metadata).encode()
+
+
+@dataclass
+class WritePlan:
+    """How to write a shard back: the writer's schema and options, and the footer's key-value pairs."""
+
+    schema: pa.Schema
+    options: dict
+    key_value: dict[bytes, bytes] | None
+    #: Column index -> the extension type its decoded storage is wrapped in before writing.
+    wrap: dict[int, pa.DataType] = field(default_factory=dict)
+    #: Indexes of INT96 columns, whose Arrow unit is the one their first written row group decoded at.
+    int96: list[int] = field(default_factory=list)
+
+
+#: pyarrow's description of a logical type carries how it was stored (as a logical type or only as
+#: a legacy converted type); the annotation is the same either way, and pyarrow writes both.
+_STORED_AS = re.compile(r", is_from_converted_type=\w+, force_set_converted_type=\w+")
+#: A signed integer annotation of the physical type's own width says what the type already says
+#: (DuckDB writes it); pyarrow writes no annotation there.
+_OWN_WIDTH_INT = re.compile(r"^(\s*\w+ int(64|32) .*?) \(Int\(bitWidth=\2, isSigned=true\)\)")
+_OWN_WIDTH_CONVERTED = {("INT64", "INT_64"), ("INT32", "INT_32")}
+
+
+#: The name in a line of pyarrow's printed schema, after the field id and before the annotation.
+_NODE_NAME = re.compile(r"field_id=-?\d+ (.+?)(?: \(.*\))?$")
+
+
+def _schema_lines(schema: pq.ParquetSchema) -> list[tuple[str, str]]:
+    """The Parquet schema tree as pyarrow prints it (repetition, physical type, field id, name,
+    logical type; groups and their layout), each line with its node's path. The root is left out
+    (pyarrow always names it ``schema``), and annotations that say the same are written one way."""
+    lines, path = [], []
+    for raw in str(schema).splitlines()[2:]:  # the object's repr, then the root group
+        line = _OWN_WIDTH_INT.sub(r"\1", _STORED_AS.sub("", raw)).strip(" ;{")
+        if line == "}":
+            path = path[:-1]
+            continue
+        name = _NODE_NAME.search(line)
+        node = [*path, name.group(1) if name else line]
+        lines.append((".".join(node), line))
+        if raw.endswith("{"):
+            path = node
+    return lines
+
+
+def _converted_types(schema: pq.ParquetSchema) -> list[tuple[str, str]]:
+    """Each leaf's path and legacy converted type (the printed tree shows the logical type only)."""
+    leaves = []
+    for i in range(len(schema)):
+        column = schema.column(i)
+        converted = column.converted_type
+        if (column.physical_type, converted) in _OWN_WIDTH_CONVERTED:
+            converted = "NONE"
+        leaves.append((column.path, converted))
+    return leaves
+
+
+def schema_difference(source: pq.ParquetSchema, written: pq.ParquetSchema) -> str | None:
+    """The first difference between two Parquet schemas, said for a user, or None if they match."""
+    a, b = _schema_lines(source), _schema_lines(written)
+    for (path, x), (_, y) in zip(a, b, strict=False):
+        if x != y:
+            return f"column '{path}': '{x}' would be written as '{y}'"
+    if len(a) != len(b):
+        return f"{len(a)} schema nodes would be written as {len(b)}"
+    for (path, x), (_, y) in zip(_converted_types(source), _converted_types(written), strict=True):
+        if x != y:
+            return f"column '{path}' with converted type {x} would be written with {y}"
+    return None
+
+
+@dataclass
+class _Chunks:
+    """What the source's column chunks declare, gathered in one pass over its footer."""
+
+    codecs: dict[str, set[str]] = field(default_factory=dict)
+    bloom: set[str] = field(default_factory=set)
+    page_index: bool = False
+    chunk_key_value: str | None = None
+    sorting: set[tuple] = field(default_factory=set)
+    most_rows: int = 0
+
+
+def _chunks(metadata: pq.FileMetaData) -> _Chunks:
+    found = _Chunks()
+    for i in range(metadata.num_row_groups):
+        rg = metadata.row_group(i)
+        found.sorting.add(tuple(rg.sorting_columns))
+        found.most_rows = max(found.most_rows, rg.num_rows)
+        for j in range(rg.num_columns):
+            column = rg.column(j)
+            path = column.path_in_schema
+            found.codecs.setdefault(path, set()).add(column.compression)
+            if getattr(column, "bloom_filter_offset", None) is not None:  # pyarrow >= 25 tells
+                found.bloom.add(path)
+            found.page_index = found.page_index or column.has_offset_index or column.has_column_index
+            if found.chunk_key_value is None and getattr(column, "metadata", None):
+                found.chunk_key_value = path
+    return found
+
+
+def _compression(name: str, codecs: dict[str, set[str]]) -> dict[str, str]:
+    """The writer's codec per column path; refuses what pyarrow cannot write as the source has it."""
+    chosen = {}
+    for path, used in codecs.items():
+        if len(used) > 1:
+            raise ShardError(
+                f"{name}: column '{path}' is compressed with {' and '.join(sorted(used))} in different row "
+                "groups, and pyarrow writes one codec a column; the shard was not rewritten: recompress it "
+                "with one codec a column and run again"
+            )
+        (codec,) = used
+        writer_name = _CODECS.get(codec)
+        if writer_name is None or (writer_name != "none" and not pa.Codec.is_available(writer_name)):
+            what = "the legacy (Hadoop) LZ4 codec or one pyarrow does not know" if codec == "UNKNOWN" else codec
+            raise ShardError(
+                f"{name}: column '{path}' is compressed with {what}, which pyarrow cannot write; the shard "
+                "was not rewritten: recompress it (for example with ZSTD or LZ4_RAW) and run again"
+            )
+        chosen[path] = writer_name
+    return chosen
+
+
+def _written_schema(schema: pa.Schema, options: dict) -> pq.ParquetSchema:
+    """The Parquet schema pyarrow writes for ``schema`` with ``options``: an empty file, in memory."""
+    buffer = io.BytesIO()
+    with pq.ParquetWriter(buffer, schema, **options):
+        pass
+    return pq.ParquetFile(pa.BufferReader(buffer.getvalue())).schema
+
+
+def writer_plan(shard: ParquetShard) -> WritePlan:
+    """Writer settings that reproduce the source's footer, or a ShardError saying what cannot be.
+
+    Tried with the source's format version, then (for a version-1 file holding types
+    that pyarrow writes only as version 2: UINT32, nanosecond timestamps) with 2.6.
+    """
+    name, metadata, source = shard.name, shard.metadata, shard.parquet_schema
+    chunks = _chunks(metadata)
+    if chunks.chunk_key_value is not None:
+        raise ShardError(
+            f"{name}: column '{chunks.chunk_key_value}' has key-value metadata in its column chunks, which "
+            "pyarrow cannot write; the shard was not rewritten: move those pairs to the file's key-value "
+            "metadata and run again"
+        )
+    leaves = [source.column(i) for i in range(len(source))]
+    options: dict = {
+        "store_schema": False,  # an input's ARROW:schema, if it has one, comes back with its other pairs
+        "use_compliant_nested_type": False,  # lists keep their element's name (element, item, …)
+        "compression": _compression(name, chunks.codecs),
+    }
+    # Options past pyarrow's defaults only where the source needs them (older pyarrows lack some).
+    if shard.int96:
+        options["use_deprecated_int96_timestamps"] = True
+    if any(c.logical_type.type == "DECIMAL" and c.physical_type in ("INT32", "INT64") for c in leaves):
+        options["store_decimal_as_integer"] = True
+    if chunks.page_index:
+        options["write_page_index"] = True
+    if chunks.bloom:
+        # Rebuilt from the kept rows, so a removed value leaves no trace; sized for a whole row group.
+        options["bloom_filter_options"] = {path: {"ndv": max(chunks.most_rows, 1)} for path in sorted(chunks.bloom)}
+    if len(chunks.sorting) == 1 and (sorting := next(iter(chunks.sorting))):
+        options["sorting_columns"] = sorting
+    schema = shard.schema.remove_metadata()
+    wrap = {}
+    geometry = {c.path: c.logical_type for c in leaves if c.logical_type.type in ("GEOMETRY", "GEOGRAPHY")}
+    for j, column in enumerate(schema):
+        if column.name in geometry:
+            wrap[j] = _GeoArrowWkb(column.type, _geoarrow_metadata(geometry[column.name]))
+            schema = schema.set(j, column.with_type(wrap[j]))
+    int96 = [j for j, column in enumerate(schema) if column.name in shard.int96]
+    difference = "no version to try"
+    for version in dict.fromkeys([metadata.format_version, "2.6"]):
+        if version not in _VERSIONS:
+            continue
+        try:
+            written = _written_schema(schema, {**options, "version": version})
+        except (pa.ArrowException, ValueError) as exc:
+            difference = f"pyarrow cannot write it: {exc}"
+            continue
+        difference = schema_difference(source, written)
+        if difference is None:
+            return WritePlan(schema, {**options, "version": version}, metadata.metadata, wrap, int96)
+    raise ShardError(
+        f"{name}: pyarrow cannot write its Parquet schema back as it is ({difference}); the shard was not "
+        "rewritten: rewrite it in a layout pyarrow reproduces (for example with pyarrow.parquet.write_table) "
+        "and run again"
+    )
 
 
 #: Rows sampled per column to decide whether dictionary encoding pays.
@@ -229,22 +553,53 @@ def dictionary_columns(table: pa.Table) -> list[str]:
 class ParquetOutput:
     """Writes filtered row groups as row groups of the output, one for one.
 
-    The writer opens on the first row group, whose values decide which columns
-    are dictionary-encoded; an output with no rows is still a valid file.
+    The plan is made, and checked, when the output is created: a shard that cannot be
+    written back as it is fails before any row group is read. The writer opens on the
+    first row group, whose values decide which columns are dictionary-encoded; an
+    output with no rows is still a valid file.
     """
 
-    def __init__(self, sink: BinaryIO, schema: pa.Schema, source: pq.FileMetaData) -> None:
-        self._sink, self._schema, self._options = sink, schema, writer_options(source)
+    def __init__(self, sink: BinaryIO, shard: ParquetShard) -> None:
+        self._sink, self._name, self._plan = sink, shard.name, writer_plan(shard)
+        self._schema = self._plan.schema
         self._writer: pq.ParquetWriter | None = None
 
     def _open(self, first: pa.Table | None) -> pq.ParquetWriter:
-        options = dict(self._options)
+        options = dict(self._plan.options)
         if first is not None:
             options["use_dictionary"] = dictionary_columns(first)
-        return pq.ParquetWriter(self._sink, self._schema, **options)
+            for j in self._plan.int96:  # the unit the first row group decoded at (see ParquetShard.exact_int96)
+                self._schema = self._schema.set(j, self._schema.field(j).with_type(first.schema.field(j).type))
+        writer = pq.ParquetWriter(self._sink, self._schema, **options)
+        if self._plan.key_value:
+            writer.add_key_value_metadata(self._plan.key_value)
+        return writer
+
+    def _conform(self, table: pa.Table) -> pa.Table:
+        """``table`` in the writer's types: geometry wrapped, INT96 columns at the writer's unit."""
+        for j, kind in self._plan.wrap.items():
+            column = table.column(j)
+            chunks = [pa.ExtensionArray.from_storage(kind, chunk) for chunk in column.chunks]
+            table = table.set_column(j, self._schema.field(j), pa.chunked_array(chunks, kind))
+        for j in self._plan.int96:
+            target = self._schema.field(j)
+            if table.schema.field(j).type != target.type:
+                try:
+                    table = table.set_column(j, target, table.column(j).cast(target.type))
+                except pa.ArrowInvalid:
+                    raise ShardError(
+                        f"{self._name}: column '{target.name}' holds INT96 timestamps with nanoseconds in some "
+                        "row groups and dates outside 1677-2262 in others, which no one Arrow type holds; the "
+                        "shard was not rewritten: store that column at microsecond precision and run again"
+                    ) from None
+        return table
 
     def write(self, table: pa.Table) -> None:
         if table.num_rows:
+            if self._plan.wrap or self._plan.int96:
+                if self._writer is None:
+                    self._writer = self._open(table)
+                table = self._conform(table)
             if self._writer is None:
                 self._writer = self._open(table)
             self._writer.write_table(table, row_group_size=table.num_rows)

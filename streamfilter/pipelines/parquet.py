@@ -20,7 +20,8 @@ def filter_shard(files: ShardFiles, tools: ShardTools) -> Counts:
     """Filter one Parquet shard; without a sink only the key columns are decoded and counted."""
     rule, name = tools.rule, files.name
     shard = _open(files, tools)
-    output = ParquetOutput(files.sink, shard.schema, shard.metadata) if files.sink is not None else None
+    # The output's plan is checked before any row group is read: a shard it cannot reproduce fails here.
+    output = ParquetOutput(files.sink, shard) if files.sink is not None else None
     keys = list(rule.key.columns)
     columns = keys if output is None else None
     counts = Counts()
