@@ -186,7 +186,7 @@ def test_output_inside_input_prefix(tmp_path: Path, capsys) -> None:
     blocklist = write_list(tmp_path / "list.txt", listed)
     argv = [
         "run",
-        f"{tmp_path}/data/*.parquet",
+        f"{tmp_path}/data/**.parquet",  # recursive: a rerun would match data/clean/0.parquet
         "--output",
         str(tmp_path / "data" / "clean"),
         "--blocklist",

@@ -340,7 +340,7 @@ def test_s3_output_inside_input_prefix(s3_endpoint, s3_client, bucket, tmp_path:
     blocklist = write_list(tmp_path / "list.txt", sample(table["url"], 10))
     argv = [
         "run",
-        f"s3://{bucket}/data/*.parquet",
+        f"s3://{bucket}/data/**.parquet",  # recursive: a rerun would match data/clean/0.parquet
         "--output",
         f"s3://{bucket}/data/clean",
         "--blocklist",
