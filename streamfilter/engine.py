@@ -20,9 +20,8 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import BinaryIO
 
 import anyio
 import anyio.to_thread
@@ -30,162 +29,25 @@ from anyio.from_thread import BlockingPortal
 
 from ._version import __version__
 from .concurrency import usable_cpus
-from .errors import ShardError, StreamfilterError, UsageError, redact_uri
+from .errors import StreamfilterError, UsageError, redact_uri
 from .executors import NOT_STARTED, Limits, run_units
 from .formats import detect_format
-from .ledger import Receipt, Report, ShardReport, input_identity, receipt_uri, worker_report_uri
-from .pipelines import Counts, Filter, Pipeline, ShardFiles, ShardTools, pipeline_for, scanner_for, sibling
+from .ledger import ReceiptBook, Report, ShardReport, worker_report_uri
+from .pipelines import Counts, Filter, ShardFiles, ShardTools, pipeline_for, scanner_for, sibling
 from .plan import Shard, check_first_input, plan_shards, source_error, worker_share
 from .progress import Progress
 from .sets import KeySet, build_key_set
 from .sets.load import open_filter
+from .shard_io import OpenedFiles, RunContext, keep_unchanged, rewrite
 from .spec import JobSpec
-from .store import ObjectInfo, PartSink, Stores, scheme_of
+from .store import ObjectInfo, Stores, scheme_of
 
 log = logging.getLogger("streamfilter")
-
-
-@dataclass
-class RunContext:
-    spec: JobSpec
-    stores: Stores
-    portal: BlockingPortal
-    tools: ShardTools
-    set_digest: str
-    verbose: bool
-    #: The prefix written under (the output prefix, or the inputs' common prefix in place).
-    output_root: str | None
-    #: Held while a shard decodes and encodes (a rewrite, a dry run): ``spec.concurrency`` of them,
-    #: so the CPU-heavy work stays at the tuned level while more shards scan and copy.
-    cpu_slots: anyio.CapacityLimiter
-    #: Names of the receipts under ``output_root``, listed once per run; None when not listed.
-    receipts: set[str] | None = None
-    #: Told after each scan whether the shard was clean (the executor widens its fan-out on sparse runs).
-    on_scanned: Callable[[bool], None] | None = None
-
-
-#: Fewer shards than this look their receipts up one by one (a Ray task runs one shard: a listing
-#: of every receipt of a large run would cost it more than its one lookup).
-LIST_RECEIPTS_FROM = 32
-
-
-async def listed_receipts(output_root: str | None, spec: JobSpec, stores: Stores, shards: int) -> set[str] | None:
-    """The names of the receipts under ``output_root``, from one listing, so shards without one
-    skip their own lookup (a request each: on a sparse run, one in eight). None: look each up."""
-    if output_root is None or spec.overwrite or spec.dry_run or shards < LIST_RECEIPTS_FROM:
-        return None
-    prefix = receipt_uri(output_root, "")[: -len(".json")]
-    try:
-        found = await stores.for_uri(prefix).list(prefix)
-    except StreamfilterError:
-        return None
-    return {info.uri[len(prefix) :].removesuffix(".json") for info in found}
-
-
-async def read_receipt(shard: Shard, ctx: RunContext, info: ObjectInfo) -> Receipt | None:
-    """The receipt of an earlier run that makes this shard's work unnecessary, if any.
-
-    Trusted only when it names the same input version, list, key and mode, and the
-    output it describes is still there with the size it recorded.
-    """
-    if shard.output is None or ctx.spec.overwrite or ctx.output_root is None:
-        return None
-    if ctx.receipts is not None and shard.name not in ctx.receipts:
-        return None
-    uri = receipt_uri(ctx.output_root, shard.name)
-    store = ctx.stores.for_uri(uri)
-    try:
-        receipt = Receipt.from_json(await store.read_all(uri))
-        if receipt is None or not receipt.covers(info, ctx.set_digest, ctx.spec.key.to_dict(), ctx.spec.mode):
-            return None
-        output = await ctx.stores.for_uri(shard.output).stat(shard.output)
-    except StreamfilterError:
-        return None  # no receipt, or no output: do the work
-    return receipt if output.size == receipt.output_size else None
-
-
-async def rewrite(
-    shard: Shard, ctx: RunContext, pipeline: Pipeline, files: ShardFiles, tools: ShardTools | None = None
-) -> tuple[Counts, ObjectInfo]:
-    """Filter into the output object and commit it; returns what the pipeline counted and the output."""
-    assert shard.output is not None
-    out_store = ctx.stores.for_uri(shard.output)
-    async with out_store.open_write(shard.output) as upload:
-        files.sink = sink = PartSink(upload, out_store.part_size, ctx.portal)
-        counts = await anyio.to_thread.run_sync(pipeline, files, tools or ctx.tools)
-        written = await upload.commit(sink.remainder())
-    if written.size != sink.bytes_written:
-        raise ShardError(
-            f"{redact_uri(shard.output)} holds {written.size} bytes after commit, {sink.bytes_written} were "
-            "written; the store lost data, run again"
-        )
-    return counts, written
 
 
 def shard_report(shard: Shard, error: str | None = None) -> ShardReport:
     """A report for ``shard`` before (or instead of) running it: failed until it is done; URIs redacted."""
     return ShardReport(redact_uri(shard.input), shard.output and redact_uri(shard.output), error=error)
-
-
-class _OpenedFiles:
-    """Every input object a shard opened, so they are closed and their bytes counted once."""
-
-    def __init__(self, ctx: RunContext) -> None:
-        self.ctx = ctx
-        self.files: list = []
-
-    def open(self, info: ObjectInfo) -> BinaryIO:
-        file = self.ctx.stores.for_uri(info.uri).open_input(info, self.ctx.portal)
-        self.files.append(file)
-        return file
-
-    def sibling_opener(self, uri: str) -> Callable[[str], BinaryIO]:
-        def open_sibling(extension: str) -> BinaryIO:
-            # Runs in the pipeline's worker thread: the stat goes through the event loop.
-            target = sibling(uri, extension)
-            info = self.ctx.portal.call(self.ctx.stores.for_uri(target).stat, target)
-            return self.open(info)
-
-        return open_sibling
-
-    def close(self) -> int:
-        for file in self.files:
-            file.close()
-        return sum(file.bytes_read for file in self.files)
-
-
-async def keep_unchanged(
-    shard: Shard, ctx: RunContext, objects: list[tuple[ObjectInfo, str]], report: ShardReport
-) -> ObjectInfo:
-    """The outputs of a shard found clean: in place the inputs themselves, else copies of their bytes.
-
-    ``objects`` pairs each input with its output, the shard's own first (an img2dataset set has
-    three); the copies, each a wait on the store, run at once. Returns the first output.
-    """
-    if shard.output == shard.input:
-        report.output_via = "unchanged"
-        return objects[0][0]
-    results: list[tuple[ObjectInfo, bool]] = []
-    failures: list[StreamfilterError] = []
-
-    async def copy(src: ObjectInfo, dst: str) -> None:
-        try:
-            written, streamed = await ctx.stores.copy(src, dst)
-        except StreamfilterError as exc:  # kept, so the shard fails with this one line, not a group
-            failures.append(exc)
-            return
-        results.append((written, streamed))
-        report.bytes_written += written.size
-        if streamed:
-            report.bytes_read += src.size  # counted apart from the opened files: the copy reads on its own
-
-    async with anyio.create_task_group() as tg:
-        for src, dst in objects:
-            tg.start_soon(copy, src, dst)
-    if failures:
-        raise failures[0]
-    report.output_via = "byte_copy" if any(streamed for _, streamed in results) else "server_copy"
-    return next(written for written, _ in results if written.uri == objects[0][1])
 
 
 def _take_counts(report: ShardReport, counts: Counts) -> None:
@@ -194,7 +56,7 @@ def _take_counts(report: ShardReport, counts: Counts) -> None:
 
 
 async def filter_one(
-    shard: Shard, ctx: RunContext, info: ObjectInfo, report: ShardReport, opened: _OpenedFiles, fmt: str
+    shard: Shard, ctx: RunContext, info: ObjectInfo, report: ShardReport, opened: OpenedFiles, fmt: str
 ) -> None:
     """One object in, one out: count (dry run), copy a shard the scan found clean, or rewrite it."""
     pipeline = pipeline_for(fmt)
@@ -220,20 +82,22 @@ async def filter_one(
             report.bytes_written, report.output_via = written.size, "rewrite"
         report.output_etag = written.etag
         report.bytes_saved = info.size - written.size
-        await write_receipt(shard, ctx, info, written, report)
+        await _record(shard, ctx, info, written, report)
 
 
 async def process_shard(shard: Shard, ctx: RunContext) -> ShardReport:
     """Run one shard start to finish; every failure ends up in its report, never raised."""
     report = shard_report(shard)
     start = time.perf_counter()
-    opened = _OpenedFiles(ctx)
+    opened = OpenedFiles(ctx)
     try:
         fmt = detect_format(shard.input, ctx.spec.format)
         # The listing that found the shard already said what a HEAD would. Should the object change
         # after that, its reads fail on the length or its copy on CopySourceIfMatch; never silently.
         info = shard.info or await ctx.stores.for_uri(shard.input).stat(shard.input)
-        receipt = await read_receipt(shard, ctx, info)
+        receipt = None
+        if ctx.receipts is not None and shard.output is not None:
+            receipt = await ctx.receipts.done_earlier(shard.name, shard.output, info)
         if receipt is not None:
             report.rows_in, report.rows_out = receipt.rows_in, receipt.rows_out
             report.earlier_bytes_written, report.output_etag = receipt.output_size, receipt.output_etag
@@ -245,7 +109,7 @@ async def process_shard(shard: Shard, ctx: RunContext) -> ShardReport:
 
                 written = await process_set(shard, ctx, info, report, opened)
                 report.output_etag = written.etag
-                await write_receipt(shard, ctx, info, written, report)
+                await _record(shard, ctx, info, written, report)
             else:
                 await filter_one(shard, ctx, info, report, opened, fmt)
         report.rows_removed = report.rows_in - report.rows_out
@@ -307,11 +171,14 @@ class ShardWork:
         stores = Stores(spec.stores, on_retry=tools.progress.count_retry)
         try:
             async with BlockingPortal() as portal:
+                receipts = None
+                if self.output_root is not None and not spec.dry_run:
+                    receipts = ReceiptBook(stores, self.output_root, self.key_set.digest, spec.key.to_dict(), spec.mode,
+                                           overwrite=spec.overwrite)  # fmt: skip
+                    await receipts.list_once(self.shards)
                 ctx = RunContext(
-                    spec, stores, portal, tools, self.key_set.digest, self.verbose, self.output_root,
-                    anyio.CapacityLimiter(in_flight),
-                    receipts=await listed_receipts(self.output_root, spec, stores, self.shards),
-                )  # fmt: skip
+                    spec, stores, portal, tools, self.verbose, anyio.CapacityLimiter(in_flight), receipts=receipts
+                )
                 yield ShardSession(ctx, in_flight, min(concurrency, in_flight * SCAN_FANOUT), stop)
         finally:
             await stores.aclose()
@@ -354,34 +221,9 @@ def _outputs_of(shard: Shard) -> set[str]:
     return {shard.output, sibling(shard.output, ".parquet"), sibling(shard.output, "_stats.json")}
 
 
-async def write_receipt(
-    shard: Shard, ctx: RunContext, info: ObjectInfo, written: ObjectInfo, report: ShardReport
-) -> None:
-    """Record the committed shard; without a receipt a rerun redoes it, which is safe."""
-    assert ctx.output_root is not None and shard.output is not None
-    receipt = Receipt(
-        input=redact_uri(shard.input),
-        input_identity=input_identity(info),
-        output=redact_uri(shard.output),
-        output_size=written.size,
-        output_etag=written.etag,
-        output_identity=input_identity(written),
-        set_digest=ctx.set_digest,
-        key_spec=ctx.spec.key.to_dict(),
-        mode=ctx.spec.mode,
-        version=__version__,
-        rows_in=report.rows_in,
-        rows_out=report.rows_out,
-        rows_removed=report.rows_in - report.rows_out,
-        verified_clean=report.output_via in ("unchanged", "server_copy", "byte_copy"),
-    )
-    uri = receipt_uri(ctx.output_root, shard.name)
-    try:
-        await ctx.stores.for_uri(uri).put(uri, receipt.to_json(), confirm=False)
-    except StreamfilterError as exc:
-        raise ShardError(
-            f"output committed but its receipt was not written ({exc}); a rerun redoes this shard"
-        ) from exc
+async def _record(shard: Shard, ctx: RunContext, info: ObjectInfo, written: ObjectInfo, report: ShardReport) -> None:
+    assert ctx.receipts is not None
+    await ctx.receipts.record(shard.name, info, written, report)
 
 
 def output_manifest(report: Report) -> bytes:

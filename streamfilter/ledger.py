@@ -6,7 +6,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+from ._version import __version__
 from .concurrency import gather_limited
+from .errors import ShardError, StreamfilterError
 from .store import ObjectInfo, Stores
 
 Status = Literal["done", "failed"]
@@ -196,3 +198,84 @@ class Receipt:
             and self.key_spec == key_spec
             and self.mode == mode
         )
+
+
+#: Fewer shards than this look their receipts up one by one (a Ray task runs one shard: a listing
+#: of every receipt of a large run would cost it more than its one lookup).
+LIST_RECEIPTS_FROM = 32
+
+
+@dataclass
+class ReceiptBook:
+    """The resume decisions of one run: which shards an earlier run finished, and the record of this one's.
+
+    ``output_root`` is the prefix written under (the output prefix, or the inputs' common prefix in
+    place); a receipt counts only for the same list (``set_digest``), key spec and mode.
+    """
+
+    stores: Stores
+    output_root: str
+    set_digest: str
+    key_spec: dict
+    mode: str
+    #: Redo every shard (``--overwrite``): no receipt is trusted.
+    overwrite: bool = False
+    #: Names of the receipts under ``output_root``, from one listing; None: look each up.
+    listed: set[str] | None = None
+
+    async def list_once(self, shards: int) -> None:
+        """List the receipts once, so shards without one skip their own lookup (a request each: on a
+        sparse run, one in eight). Not worth it for a few shards; a failed listing just means lookups."""
+        if self.overwrite or shards < LIST_RECEIPTS_FROM:
+            return
+        prefix = receipt_uri(self.output_root, "")[: -len(".json")]
+        try:
+            found = await self.stores.for_uri(prefix).list(prefix)
+        except StreamfilterError:
+            return
+        self.listed = {info.uri[len(prefix) :].removesuffix(".json") for info in found}
+
+    async def done_earlier(self, name: str, output: str, info: ObjectInfo) -> Receipt | None:
+        """The receipt of an earlier run that makes this shard's work unnecessary, if any.
+
+        Trusted only when it names the same input version, list, key and mode, and the
+        output it describes is still there with the size it recorded.
+        """
+        if self.overwrite or (self.listed is not None and name not in self.listed):
+            return None
+        uri = receipt_uri(self.output_root, name)
+        try:
+            receipt = Receipt.from_json(await self.stores.for_uri(uri).read_all(uri))
+            if receipt is None or not receipt.covers(info, self.set_digest, self.key_spec, self.mode):
+                return None
+            found = await self.stores.for_uri(output).stat(output)
+        except StreamfilterError:
+            return None  # no receipt, or no output: do the work
+        return receipt if found.size == receipt.output_size else None
+
+    async def record(self, name: str, info: ObjectInfo, written: ObjectInfo, report: ShardReport) -> None:
+        """Write the receipt of a committed shard; without one a rerun redoes it, which is safe."""
+        assert report.output is not None
+        receipt = Receipt(
+            input=report.input,
+            input_identity=input_identity(info),
+            output=report.output,
+            output_size=written.size,
+            output_etag=written.etag,
+            output_identity=input_identity(written),
+            set_digest=self.set_digest,
+            key_spec=self.key_spec,
+            mode=self.mode,
+            version=__version__,
+            rows_in=report.rows_in,
+            rows_out=report.rows_out,
+            rows_removed=report.rows_in - report.rows_out,
+            verified_clean=report.output_via in ("unchanged", "server_copy", "byte_copy"),
+        )
+        uri = receipt_uri(self.output_root, name)
+        try:
+            await self.stores.for_uri(uri).put(uri, receipt.to_json(), confirm=False)
+        except StreamfilterError as exc:
+            raise ShardError(
+                f"output committed but its receipt was not written ({exc}); a rerun redoes this shard"
+            ) from exc

@@ -413,7 +413,7 @@ def test_s3_run_killed_mid_upload_leaves_nothing_after_the_rerun(
 def test_a_large_run_finds_its_receipts_by_one_listing(tmp_path: Path) -> None:
     # From 32 shards on, receipts are listed once instead of looked up per shard: the
     # resume decisions must be the same.
-    from streamfilter.engine import LIST_RECEIPTS_FROM
+    from streamfilter.ledger import LIST_RECEIPTS_FROM
 
     n = LIST_RECEIPTS_FROM + 2
     paths = [write_shard(tmp_path / "in" / f"{i:03d}.parquet", shard_table(30, start=30 * i, seed=i)) for i in range(n)]

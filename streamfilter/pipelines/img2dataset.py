@@ -33,12 +33,12 @@ from ..errors import ShardError, StreamfilterError, redact_uri
 from ..formats.parquet import ParquetShard
 from ..formats.webdataset import BLOCK, RECORD, TarReader
 from ..keys import require_columns
+from ..shard_io import OpenedFiles, RunContext, keep_unchanged, rewrite
 from ..store import Refused
 from . import Counts, ShardFiles, ShardTools, pipeline_for, sibling
 from .webdataset import SidecarKeys, kept_runs, sidecar_rows
 
 if TYPE_CHECKING:
-    from ..engine import RunContext, _OpenedFiles
     from ..ledger import ShardReport
     from ..plan import Shard
     from ..store import ObjectInfo
@@ -155,7 +155,7 @@ def tar_tail(length: int) -> bytes:
 
 
 async def process_set(
-    shard: Shard, ctx: RunContext, info: ObjectInfo, report: ShardReport, opened: _OpenedFiles
+    shard: Shard, ctx: RunContext, info: ObjectInfo, report: ShardReport, opened: OpenedFiles
 ) -> ObjectInfo:
     """Filter one shard set; returns the output tar (what the receipt records)."""
     assert shard.output is not None
@@ -170,8 +170,6 @@ async def process_set(
     if ctx.on_scanned is not None:
         ctx.on_scanned(decision.removed_rows == 0)
     if decision.removed_rows == 0 and ctx.spec.scan:
-        from ..engine import keep_unchanged
-
         return await keep_unchanged(shard, ctx, [(info, shard.output), *siblings], report)
     async with ctx.cpu_slots:
         return await _rewrite_set(shard, ctx, info, report, opened, decision, siblings)
@@ -182,7 +180,7 @@ async def _rewrite_set(
     ctx: RunContext,
     info: ObjectInfo,
     report: ShardReport,
-    opened: _OpenedFiles,
+    opened: OpenedFiles,
     decision: Decision,
     siblings: list[tuple[ObjectInfo, str]],
 ) -> ObjectInfo:
@@ -213,8 +211,6 @@ async def _rewrite_set(
         report.bytes_read += fetched
         report.output_via = "assembled"
     else:
-        from ..engine import rewrite
-
         if walked is not None:  # the walk for the assembly read the tar: stream it from its start
             tar_files = ShardFiles(opened.open(info), None, label, opened.sibling_opener(shard.input))
             tar_files.state["sidecar_keys"] = keys
@@ -235,8 +231,6 @@ async def _rewrite_set(
 
 
 async def _rewrite_parquet(shard: Shard, ctx: RunContext, files: ShardFiles) -> tuple[Counts, ObjectInfo]:
-    from ..engine import rewrite
-
     return await rewrite(shard, ctx, pipeline_for("parquet"), files, ctx.tools)
 
 

@@ -17,6 +17,7 @@ import anyio
 from anyio.from_thread import BlockingPortal
 
 from ..errors import ShardError, StreamfilterError, redact_uri
+from .objects import ObjectInfo
 
 log = logging.getLogger("streamfilter")
 
@@ -24,17 +25,6 @@ T = TypeVar("T")
 
 #: The first backoff sleep is drawn from [0, this); the range doubles with every retry, up to the cap.
 RETRY_BASE_SECONDS = 0.5
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    """What a store knows of one object; ``etag``/``mtime`` identify its version."""
-
-    uri: str
-    size: int
-    etag: str | None = None
-    version_id: str | None = None
-    mtime: float | None = None
 
 
 class InputFile(Protocol):

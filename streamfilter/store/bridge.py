@@ -11,10 +11,25 @@ from __future__ import annotations
 import io
 import threading
 from concurrent.futures import Future
+from typing import Protocol
 
 from anyio.from_thread import BlockingPortal
 
-from .base import ObjectInfo, Store, Upload
+from .objects import ObjectInfo
+
+
+class RangeReader(Protocol):
+    """The one thing a :class:`RangeFile` needs of a store (any :class:`~.base.Store` is one)."""
+
+    async def read_range(self, uri: str, start: int, end: int) -> bytes: ...
+
+
+class PartWriter(Protocol):
+    """The one thing a :class:`PartSink` needs of an upload (any :class:`~.base.Upload` is one)."""
+
+    takes_views: bool
+
+    async def write_part(self, data: bytes) -> None: ...
 
 #: Small reads (footers, page headers) are widened to this many bytes so a
 #: Parquet footer costs one request instead of several.
@@ -29,7 +44,7 @@ class RangeFile(io.RawIOBase):
     kept, which bounds memory to about two row groups of compressed bytes.
     """
 
-    def __init__(self, store: Store, info: ObjectInfo, portal: BlockingPortal) -> None:
+    def __init__(self, store: RangeReader, info: ObjectInfo, portal: BlockingPortal) -> None:
         super().__init__()
         self._store, self._info, self._portal = store, info, portal
         self._pos = 0
@@ -134,7 +149,7 @@ class PartSink(io.RawIOBase):
     maximum of parts in flight: that is the backpressure that bounds memory.
     """
 
-    def __init__(self, upload: Upload, part_size: int, portal: BlockingPortal) -> None:
+    def __init__(self, upload: PartWriter, part_size: int, portal: BlockingPortal) -> None:
         super().__init__()
         self._upload, self._part_size, self._portal = upload, part_size, portal
         self._buffer = bytearray()

@@ -1,0 +1,120 @@
+"""The I/O every kind of shard does alike: open its inputs, rewrite into an output, copy what is clean.
+
+The engine runs a shard; a pipeline that handles a shard set of several objects
+(img2dataset) uses the same pieces, so every output of every format is written,
+committed and counted the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import anyio
+import anyio.to_thread
+from anyio.from_thread import BlockingPortal
+
+from .errors import ShardError, StreamfilterError, redact_uri
+from .ledger import ReceiptBook, ShardReport
+from .pipelines import Counts, Pipeline, ShardFiles, ShardTools, sibling
+from .plan import Shard
+from .spec import JobSpec
+from .store import ObjectInfo, PartSink, Stores
+
+
+@dataclass
+class RunContext:
+    """What every shard of a run in this process shares."""
+
+    spec: JobSpec
+    stores: Stores
+    portal: BlockingPortal
+    tools: ShardTools
+    verbose: bool
+    #: Held while a shard decodes and encodes (a rewrite, a dry run): ``spec.concurrency`` of them,
+    #: so the CPU-heavy work stays at the tuned level while more shards scan and copy.
+    cpu_slots: anyio.CapacityLimiter
+    #: The run's resume decisions and receipts; None for a dry run, which writes none.
+    receipts: ReceiptBook | None = None
+    #: Told after each scan whether the shard was clean (the executor widens its fan-out on sparse runs).
+    on_scanned: Callable[[bool], None] | None = None
+
+
+class OpenedFiles:
+    """Every input object a shard opened, so they are closed and their bytes counted once."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self.files: list = []
+
+    def open(self, info: ObjectInfo) -> BinaryIO:
+        file = self.ctx.stores.for_uri(info.uri).open_input(info, self.ctx.portal)
+        self.files.append(file)
+        return file
+
+    def sibling_opener(self, uri: str) -> Callable[[str], BinaryIO]:
+        def open_sibling(extension: str) -> BinaryIO:
+            # Runs in the pipeline's worker thread: the stat goes through the event loop.
+            target = sibling(uri, extension)
+            info = self.ctx.portal.call(self.ctx.stores.for_uri(target).stat, target)
+            return self.open(info)
+
+        return open_sibling
+
+    def close(self) -> int:
+        for file in self.files:
+            file.close()
+        return sum(file.bytes_read for file in self.files)
+
+
+async def rewrite(
+    shard: Shard, ctx: RunContext, pipeline: Pipeline, files: ShardFiles, tools: ShardTools | None = None
+) -> tuple[Counts, ObjectInfo]:
+    """Filter into the output object and commit it; returns what the pipeline counted and the output."""
+    assert shard.output is not None
+    out_store = ctx.stores.for_uri(shard.output)
+    async with out_store.open_write(shard.output) as upload:
+        files.sink = sink = PartSink(upload, out_store.part_size, ctx.portal)
+        counts = await anyio.to_thread.run_sync(pipeline, files, tools or ctx.tools)
+        written = await upload.commit(sink.remainder())
+    if written.size != sink.bytes_written:
+        raise ShardError(
+            f"{redact_uri(shard.output)} holds {written.size} bytes after commit, {sink.bytes_written} were "
+            "written; the store lost data, run again"
+        )
+    return counts, written
+
+
+async def keep_unchanged(
+    shard: Shard, ctx: RunContext, objects: list[tuple[ObjectInfo, str]], report: ShardReport
+) -> ObjectInfo:
+    """The outputs of a shard found clean: in place the inputs themselves, else copies of their bytes.
+
+    ``objects`` pairs each input with its output, the shard's own first (an img2dataset set has
+    three); the copies, each a wait on the store, run at once. Returns the first output.
+    """
+    if shard.output == shard.input:
+        report.output_via = "unchanged"
+        return objects[0][0]
+    results: list[tuple[ObjectInfo, bool]] = []
+    failures: list[StreamfilterError] = []
+
+    async def copy(src: ObjectInfo, dst: str) -> None:
+        try:
+            written, streamed = await ctx.stores.copy(src, dst)
+        except StreamfilterError as exc:  # kept, so the shard fails with this one line, not a group
+            failures.append(exc)
+            return
+        results.append((written, streamed))
+        report.bytes_written += written.size
+        if streamed:
+            report.bytes_read += src.size  # counted apart from the opened files: the copy reads on its own
+
+    async with anyio.create_task_group() as tg:
+        for src, dst in objects:
+            tg.start_soon(copy, src, dst)
+    if failures:
+        raise failures[0]
+    report.output_via = "byte_copy" if any(streamed for _, streamed in results) else "server_copy"
+    return next(written for written, _ in results if written.uri == objects[0][1])
