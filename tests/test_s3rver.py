@@ -75,7 +75,9 @@ def test_every_format_on_s3rver(s3rver_endpoint: str, tmp_path: Path, monkeypatc
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
     monkeypatch.delenv("AWS_SECURITY_TOKEN", raising=False)
-    client = boto3.client("s3", endpoint_url=s3rver_endpoint, region_name="us-east-1")
+    # A session of its own: boto3.client() would reuse the default session, whose credentials (moto's) are
+    # resolved once, by the first test that made a client, whatever the environment says now.
+    client = boto3.session.Session().client("s3", endpoint_url=s3rver_endpoint, region_name="us-east-1")
     bucket = f"sf-test-{uuid.uuid4().hex[:16]}"
     client.create_bucket(Bucket=bucket)
 
