@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 
@@ -28,13 +29,17 @@ from typing import Any
 import anyio
 
 from ._version import __version__
+from .diff.spec import DiffSpec, build_diff_spec
 from .errors import ShardError, StreamfilterError, UsageError
 from .keys import KeySpec
 from .ledger import Report, ShardReport
+from .sets import KeySet
 from .spec import JobSpec, build_spec
 
 __all__ = [
+    "DiffSpec",
     "JobSpec",
+    "KeySet",
     "KeySpec",
     "Report",
     "ShardError",
@@ -42,26 +47,56 @@ __all__ = [
     "StreamfilterError",
     "UsageError",
     "__version__",
+    "adiff",
     "arun",
+    "diff",
     "run",
 ]
 
 
-async def arun(inputs: list[str] | str, *, quiet: bool = False, verbose: bool = False, **options: Any) -> Report:
-    """Filter shards; the options are the CLI's long flags with underscores.
+async def arun(
+    inputs: JobSpec | list[str] | str, *, quiet: bool = False, verbose: bool = False, **options: Any
+) -> Report:
+    """Filter shards; returns the run's report (failed shards are in it, not raised).
 
-    ``blocklist`` and ``http_header`` take lists, ``key`` a column name, a
-    comma-separated string or a list. Raises :class:`UsageError` for bad options;
-    failed shards are in the returned report.
+    Either a :class:`JobSpec`, or the inputs and the CLI's long flags with underscores as
+    options: ``blocklist`` and ``http_header`` take lists, ``key`` a column name, a
+    comma-separated string or a list. Raises :class:`UsageError` for bad options.
     """
     from .engine import run_job
     from .progress import Progress
 
-    spec = build_spec({"inputs": [inputs] if isinstance(inputs, str) else list(inputs), **options})
+    if isinstance(inputs, JobSpec):
+        if options:
+            raise UsageError(f"run: options {sorted(options)} given beside a JobSpec; put them in the spec")
+        spec = inputs
+    else:
+        spec = build_spec({"inputs": [inputs] if isinstance(inputs, str) else list(inputs), **options})
     progress = Progress.silent() if quiet else Progress(0, live=False)
     return await run_job(spec, progress=progress, verbose=verbose)
 
 
-def run(inputs: list[str] | str, **options: Any) -> Report:
+def run(inputs: JobSpec | list[str] | str, **options: Any) -> Report:
     """The blocking form of :func:`arun`, for scripts and notebooks without a running loop."""
     return anyio.run(lambda: arun(inputs, **options))
+
+
+async def adiff(spec: DiffSpec | None = None, *, quiet: bool = False, **options: Any) -> dict:
+    """List the derivative's keys that a cleaned reference lacks; returns the diff's report.
+
+    Either a :class:`DiffSpec`, or the ``streamfilter diff`` flags with underscores as options
+    (``reference`` and ``derivative`` take lists of URIs, ``out`` the removal list).
+    """
+    from .diff.job import adiff as run_diff
+    from .diff.progress import DiffProgress
+
+    if spec is None:
+        spec = build_diff_spec(options)
+    elif options:
+        raise UsageError(f"diff: options {sorted(options)} given beside a DiffSpec; put them in the spec")
+    return await run_diff(spec, DiffProgress(io.StringIO(), live=False) if quiet else None)
+
+
+def diff(spec: DiffSpec | None = None, **options: Any) -> dict:
+    """The blocking form of :func:`adiff`."""
+    return anyio.run(lambda: adiff(spec, **options))

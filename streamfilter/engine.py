@@ -316,7 +316,7 @@ async def run_job(
             version=__version__,
         )
         report.interrupted = stop.is_set()
-        report.set_kind = getattr(key_set, "kind", "exact")
+        report.set_kind = key_set.kind
         if spec.mode == "allow" and report.set_kind != "exact":
             # Allow mode keeps what matches: a false match keeps a row that should have gone.
             rate = key_set.false_match_rate()

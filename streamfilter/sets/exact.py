@@ -80,6 +80,11 @@ class _PolyHasher:
 class ExactKeySet:
     """Exact membership over a fixed list of keys; safe to share between threads."""
 
+    kind = "exact"
+
+    def false_match_rate(self) -> float:
+        return 0.0
+
     def __init__(self, keys: pa.Array) -> None:
         keys = as_bytes(keys)
         keys = pc.unique(keys.filter(pc.is_valid(keys)))

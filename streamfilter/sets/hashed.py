@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 
 from .bloom import BloomFilter
 from .fingerprints import FingerprintSet, collision_bound
+from .keyset import Kind
 
 
 class HashedKeySet:
@@ -24,7 +25,7 @@ class HashedKeySet:
         self.structure = structure
         self.digest = digest
         self.size = size
-        self.kind = "bloom" if isinstance(structure, BloomFilter) else "fingerprints"
+        self.kind: Kind = "bloom" if isinstance(structure, BloomFilter) else "fingerprints"
 
     @classmethod
     def from_values(cls, values: pa.Array) -> HashedKeySet:

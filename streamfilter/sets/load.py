@@ -10,7 +10,7 @@ import gzip
 import io
 import re
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import pyarrow as pa
@@ -24,6 +24,7 @@ from ..keys import KeySpec, as_bytes, as_text
 from ..store import Stores
 from .entries import entry_values
 from .exact import ExactKeySet
+from .keyset import KeySet
 
 if TYPE_CHECKING:  # the hashed sets import numba: only runs that use them pay for it
     from .hashed import HashedKeySet
@@ -245,9 +246,6 @@ async def load_keys(sources: list[str], stores: Stores, spec: KeySpec | None = N
     if not arrays:
         raise UsageError("no membership list: pass --blocklist FILE")
     return arrays
-
-
-KeySet = Union[ExactKeySet, "HashedKeySet"]  # a string member (a lazy import) needs Union
 
 
 async def build_key_set(sources: list[str], spec: KeySpec, stores: Stores) -> KeySet:
