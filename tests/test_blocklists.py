@@ -265,7 +265,7 @@ def test_missing_s3_list_exits_2(shard, tmp_path: Path, s3_endpoint, s3_client, 
     )
     assert code == 2
     err = capsys.readouterr().err
-    assert "cannot read blocklist" in err and f"s3://{bucket}/lists/none.txt" in err
+    assert "cannot read --blocklist" in err and f"s3://{bucket}/lists/none.txt" in err
     assert s3_keys(s3_client, bucket) == []
     assert files_under(tmp_path) == ["in/s.parquet"]
 
