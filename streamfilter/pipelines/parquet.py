@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..formats.parquet import ParquetOutput, ParquetShard, row_group_span
+from ..formats.parquet import ParquetShard, row_group_span
+from ..formats.parquet_writer import ParquetOutput
 from ..keys import require_columns
 from . import Counts, ShardFiles, ShardTools
 
