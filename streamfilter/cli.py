@@ -346,10 +346,7 @@ def _filter_command(args: argparse.Namespace) -> int:
         try:
             if args.command == "inspect":
                 return await inspect_file(args.file, stores)
-            columns = tuple(c.strip() for c in (args.key or "url").split(","))
-            separator = "\t" if args.key_separator is None else args.key_separator
-            spec = KeySpec(columns, separator, args.normalize or "none", args.key_hash,
-                           args.blocklist_hash or "raw")  # fmt: skip
+            spec = KeySpec.from_options(vars(args))
             header = await build_filter(args.sources, spec, stores, out=args.out, kind=args.kind, fpr=args.fpr)
             from .sets.filterfile import describe
 

@@ -10,8 +10,9 @@ column being ``mmh3_64`` of ``url + caption`` with an empty separator).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -56,6 +57,25 @@ class KeySpec:
             raise UsageError(f"--blocklist-hash {self.entries!r}: choose one of {', '.join(LIST_ENTRIES)}")
         if self.entries == "int" and self.hash in DIGESTS:
             raise UsageError(f"--blocklist-hash int: a {self.hash} digest is no 64-bit integer; use hex")
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any], default_column: str = "url") -> KeySpec:
+        """The key spec the options name (the CLI's flags with underscores: ``key``, ``key_separator``,
+        ``normalize``, ``key_hash``, ``blocklist_hash``); an option that is absent or None takes its default.
+        ``key`` is a column, comma-separated columns, or a list of them. The one place options become a key."""
+
+        def given(name: str, default: Any) -> Any:
+            value = options.get(name)
+            return default if value is None else value  # an empty separator is a choice, not a default
+
+        key = given("key", default_column)
+        return cls(
+            tuple(c.strip() for c in (key.split(",") if isinstance(key, str) else key)),
+            given("key_separator", "\t"),
+            given("normalize", "none"),
+            given("key_hash", "none"),
+            given("blocklist_hash", "raw"),
+        )
 
     @property
     def is_64bit(self) -> bool:

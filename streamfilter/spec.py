@@ -238,8 +238,6 @@ def build_spec(options: dict[str, Any]) -> JobSpec:
         raise UsageError(f"unknown option {unknown[0]!r}; known options: {', '.join(OPTIONS)}")
     opts = _checked_types({k: v for k, v in options.items() if v is not None})
     key_given = frozenset(name for option, name in _KEY_FIELDS.items() if option in opts)
-    key = opts.get("key", "url")
-    columns = tuple(c.strip() for c in (key.split(",") if isinstance(key, str) else key))
     headers = dict(expand_header(h) for h in _as_list(opts.get("http_header")))
     concurrency = _whole(opts, "concurrency", DEFAULT_CONCURRENCY)
     # Kubernetes Indexed Jobs give each pod its index in JOB_COMPLETION_INDEX.
@@ -252,13 +250,7 @@ def build_spec(options: dict[str, Any]) -> JobSpec:
         blocklists=tuple(_as_list(opts.get("blocklist"))),
         filter=opts.get("filter"),
         accept_false_positives=bool(opts.get("accept_false_positives", False)),
-        key=KeySpec(
-            columns,
-            opts.get("key_separator", "\t"),
-            opts.get("normalize", "none"),
-            opts.get("key_hash", "none"),
-            opts.get("blocklist_hash", "raw"),
-        ),
+        key=KeySpec.from_options(opts),
         key_given=key_given,
         mode=opts.get("mode", "deny"),
         format=opts.get("format", "auto"),

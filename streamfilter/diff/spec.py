@@ -101,13 +101,8 @@ def _given(value: Any, default: Any) -> Any:
 
 
 def _key(opts: dict[str, Any], default_column: str) -> KeySpec:
-    columns = _given(opts.get("key"), default_column)
-    return KeySpec(
-        tuple(c.strip() for c in (columns.split(",") if isinstance(columns, str) else columns)),
-        _given(opts.get("key_separator"), "\t"),
-        _given(opts.get("normalize"), "none"),
-        _given(opts.get("key_hash"), "none"),
-    )
+    # A diff reads keys from shards on both sides: list-entry forms (blocklist_hash) do not apply.
+    return KeySpec.from_options({**opts, "blocklist_hash": None}, default_column)
 
 
 def _as_list(value: Any) -> tuple[str, ...]:

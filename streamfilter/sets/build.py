@@ -14,6 +14,7 @@ import io
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import anyio
@@ -37,6 +38,17 @@ from .load import entry_place, load_keys, name_of, parse_source, text_keys
 KINDS = ("bloom", "fingerprints")
 
 
+def _check_writable(out: str) -> None:
+    """Refuse a local ``out`` that cannot be written before any key is hashed, not after."""
+    if "://" in out and not out.startswith("file://"):
+        return
+    path = Path(out.removeprefix("file://"))
+    if path.is_dir():
+        raise UsageError(f"cannot write the filter to {out}: it is a directory; choose a file path")
+    if not path.parent.is_dir():
+        raise UsageError(f"cannot write the filter to {out}: {path.parent} is not a directory; choose another path")
+
+
 async def build_filter(
     sources: list[str], spec: KeySpec, stores: Stores, *, out: str, kind: str = "bloom", fpr: float = 1e-4
 ) -> dict[str, Any]:
@@ -49,6 +61,7 @@ async def build_filter(
         raise UsageError(f"--kind {kind!r}: choose bloom or fingerprints")
     if not 0 < fpr < 1:
         raise UsageError(f"--fpr {fpr}: a false-positive rate between 0 and 1, e.g. 1e-4")
+    _check_writable(out)
     started = time.perf_counter()
     parts: list[np.ndarray] = []
     shown = [0.0]
