@@ -111,6 +111,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to join (default: start a local one)")
     run.add_argument("--ray-task-cpus", type=float, metavar="N", help="CPUs reserved per shard task on Ray (1)")
     run.add_argument("--manifest-out", metavar="FILE", help="JSON lines of committed outputs, for the next stage")
+    run.add_argument(
+        "--removed-ids-out",
+        metavar="FILE",
+        help="embedding sets: the removed rows' global positions (int64 .npy) for a faiss index's remove_ids",
+    )
     run.add_argument("--log-format", choices=["text", "json"], help="json: one object per event, for log collectors")
     run.add_argument("--metrics-file", metavar="FILE", help="Prometheus counters, rewritten after every shard")
     run.add_argument("--config", metavar="FILE.toml", help="options from TOML; flags given here win")

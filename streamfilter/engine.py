@@ -32,6 +32,7 @@ from .concurrency import usable_cpus
 from .errors import StreamfilterError, UsageError, redact_uri
 from .executors import NOT_STARTED, Limits, run_units
 from .formats import detect_format
+from .formats.embedding_set import KINDS, is_metadata, member
 from .ledger import ReceiptBook, Report, ShardReport, worker_report_uri
 from .pipelines import Counts, Filter, ShardFiles, ShardTools, pipeline_for, scanner_for, sibling
 from .plan import Shard, check_first_input, plan_shards, source_error, worker_share
@@ -104,8 +105,11 @@ async def process_shard(shard: Shard, ctx: RunContext) -> ShardReport:
             report.bytes_saved = info.size - receipt.output_size
             report.resumed = True
         else:
-            if fmt == "img2dataset" and shard.output is not None:  # three objects a shard: its own path
-                from .pipelines.img2dataset import process_set
+            if fmt in ("img2dataset", "embeddings") and shard.output is not None:  # a set of objects: its own path
+                if fmt == "img2dataset":
+                    from .pipelines.img2dataset import process_set
+                else:
+                    from .pipelines.embeddings import process_set
 
                 written = await process_set(shard, ctx, info, report, opened)
                 report.output_etag = written.etag
@@ -215,10 +219,11 @@ class ShardSession:
 
 
 def _outputs_of(shard: Shard) -> set[str]:
-    """Every object a shard may write: its output, and an img2dataset set's siblings of it."""
+    """Every object a shard may write: its output, and an img2dataset or embedding set's siblings of it."""
     if shard.output is None:
         return set()
-    return {shard.output, sibling(shard.output, ".parquet"), sibling(shard.output, "_stats.json")}
+    vectors = {member(shard.output, kind) for kind in KINDS} if is_metadata(shard.output) else set()
+    return {shard.output, sibling(shard.output, ".parquet"), sibling(shard.output, "_stats.json"), *vectors}
 
 
 async def _record(shard: Shard, ctx: RunContext, info: ObjectInfo, written: ObjectInfo, report: ShardReport) -> None:
@@ -337,6 +342,10 @@ async def run_job(
                 await stores.for_uri(spec.manifest_out).put(spec.manifest_out, output_manifest(report))
             except StreamfilterError as exc:
                 raise StreamfilterError(f"writing the output manifest failed: {exc}") from exc
+        if spec.removed_ids_out:
+            from .removed_ids import write_removed_ids
+
+            await write_removed_ids(report.shards, spec.removed_ids_out, stores)
         return report
     finally:
         await stores.aclose()

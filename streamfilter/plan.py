@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from .errors import StreamfilterError, UsageError, redact_uri
 from .formats import folder_shards, format_by_extension
+from .formats.embedding_set import is_member, set_root
 from .ledger import RECEIPTS_DIR
 from .store import ObjectInfo, Stores, scheme_of
 
@@ -214,6 +215,12 @@ def _take_folder(folder: str, listing: list[ObjectInfo], found: _Expansion, fmt:
             "_stats.json); pass --format img2dataset to filter each set as one unit, or --format parquet or "
             "--format webdataset to filter that kind alone"
         )
+    if fmt == "auto" and any(is_member(u) for u in candidates):
+        raise UsageError(
+            f"{redact_uri(folder)} holds CLIP embedding sets (img_emb/ or text_emb/ .npy files); pass --format "
+            "embeddings to remove rows from the metadata and the vectors together, or --format parquet for the "
+            "metadata alone"
+        )
     for reason, uris in chosen.skipped.items():
         skipped.setdefault(reason, []).extend(uris)
     what = _describe_skipped(skipped)
@@ -335,6 +342,8 @@ async def plan_shards(
         raise UsageError("no input shard: the inputs expanded to nothing")
     # A folder given is a prefix of the names even when all its shards lie deeper down.
     base = common_dir(uris + found.folders)
+    if fmt == "embeddings":  # named by R/metadata/…: the outputs mirror R's whole layout
+        base = set_root(base)
     names = [_comparable(u)[len(base) :] for u in uris]
     known = found.known
     if in_place:

@@ -67,6 +67,8 @@ class JobSpec:
     ray_task_cpus: float = 1.0
     #: JSON lines naming every committed output (URI, rows, bytes, ETag), for the next stage.
     manifest_out: str | None = None
+    #: Embedding sets: the removed rows' global positions (int64 .npy), for ``index.remove_ids``.
+    removed_ids_out: str | None = None
     #: "text" log lines (or a live line on a terminal), or "json": one object per event.
     log_format: str = "text"
     #: Prometheus text-format counters, rewritten after every shard.
@@ -109,6 +111,11 @@ class JobSpec:
             raise UsageError(f"--concurrency {self.concurrency}: choose between 1 and 256")
         if not self.ray_task_cpus > 0:
             raise UsageError(f"--ray-task-cpus {self.ray_task_cpus}: must be more than 0")
+        if self.removed_ids_out is not None and (self.format != "embeddings" or self.dry_run or self.num_workers > 1):
+            raise UsageError(
+                "--removed-ids-out numbers the vectors of embedding sets across the whole run: use it with --format "
+                "embeddings, one worker and no --dry-run"
+            )
         self._check_local_targets()
 
     def _check_local_targets(self) -> None:
@@ -120,6 +127,7 @@ class JobSpec:
             _check_local_target("--backup", self.backup, prefix=True)
         for flag, target in (
             ("--report", self.report), ("--manifest-out", self.manifest_out), ("--metrics-file", self.metrics_file),
+            ("--removed-ids-out", self.removed_ids_out),
         ):  # fmt: skip
             if target is not None:
                 _check_local_target(flag, target, prefix=False)
@@ -166,7 +174,7 @@ OPTIONS = (
     "report",
     "concurrency", "dry_run", "scan", "output_inside_input", "overwrite", "in_place", "backup", "grace_seconds",
     "s3_endpoint_url", "http_header", "retries", "retry_max_seconds", "num_workers", "worker_index", "executor",
-    "ray_address", "ray_task_cpus", "manifest_out", "log_format", "metrics_file",
+    "ray_address", "ray_task_cpus", "manifest_out", "log_format", "metrics_file", "removed_ids_out",
 )  # fmt: skip
 
 
@@ -205,7 +213,7 @@ def _whole(opts: dict[str, Any], name: str, default: int) -> int:
 _TEXT = (
     "output", "filter", "key_separator", "normalize", "key_hash", "blocklist_hash", "mode", "format", "on_unkeyed",
     "sidecar", "report", "backup", "s3_endpoint_url", "executor", "ray_address", "manifest_out", "log_format",
-    "metrics_file",
+    "metrics_file", "removed_ids_out",
 )  # fmt: skip
 _TEXTS = ("inputs", "blocklist", "http_header", "key")
 _SWITCHES = ("accept_false_positives", "dry_run", "scan", "output_inside_input", "overwrite", "in_place")
@@ -271,6 +279,7 @@ def build_spec(options: dict[str, Any]) -> JobSpec:
         ray_address=opts.get("ray_address"),
         ray_task_cpus=_number(opts, "ray_task_cpus", 1.0),
         manifest_out=opts.get("manifest_out"),
+        removed_ids_out=opts.get("removed_ids_out"),
         log_format=opts.get("log_format", "text"),
         metrics_file=opts.get("metrics_file"),
         stores=StoreOptions(

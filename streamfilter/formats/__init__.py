@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from ..errors import UsageError, redact_uri
+from .embedding_set import is_member, is_metadata
 
-FORMATS = ("auto", "parquet", "jsonl", "webdataset", "img2dataset")
+FORMATS = ("auto", "parquet", "jsonl", "webdataset", "img2dataset", "embeddings")
 #: Checked in order against the end of the object's name; compressed JSON lines keep their inner extension.
 _EXTENSIONS = {
     ".parquet": "parquet",
@@ -38,6 +39,11 @@ def detect_format(uri: str, requested: str) -> str:
         raise UsageError(
             f"--format img2dataset: name each shard set by its .tar (its .parquet and _stats.json are found beside "
             f"it), not {redact_uri(uri)}"
+        )
+    if requested == "embeddings" and not is_metadata(uri):
+        raise UsageError(
+            f"--format embeddings: name each set by its metadata Parquet (ROOT/metadata/metadata_N.parquet, its .npy "
+            f"files are found beside it) or the set's root as a folder, not {redact_uri(uri)}"
         )
     if requested != "auto":
         return requested
@@ -87,8 +93,10 @@ def folder_shards(uris: list[str], requested: str | None) -> FolderShards:
     for uri in uris:
         fmt = format_by_extension(uri)
         claimed = fmt is not None and requested in ("auto", None, fmt)
-        if uri in members:
-            out.skipped["img2dataset set members"].append(uri)
+        if requested == "embeddings":
+            claimed = is_metadata(uri)
+        if uri in members or (requested == "embeddings" and is_member(uri)):
+            out.skipped["img2dataset set members" if uri in members else "embedding set vectors"].append(uri)
         elif claimed or (requested == "img2dataset" and fmt == "webdataset"):
             out.shards.append(uri)
         elif fmt is None:

@@ -113,9 +113,10 @@ class Store(abc.ABC):
         return await stream_copy(self, src, self, dst), True
 
     async def assemble(
-        self, src: ObjectInfo, ranges: list[tuple[int, int]], tail: bytes, dst: str
+        self, src: ObjectInfo, ranges: list[tuple[int, int]], tail: bytes, dst: str, head: bytes = b""
     ) -> tuple[ObjectInfo, int]:
-        """Write ``dst`` as the byte ranges of ``src`` in order, then ``tail``; returns it and the bytes fetched.
+        """Write ``dst`` as ``head``, the byte ranges of ``src`` in order, then ``tail``; returns it and the
+        bytes fetched.
 
         Only stores with :attr:`ranged_copy` implement it; :class:`Refused` when the endpoint turns it down.
         """

@@ -534,21 +534,24 @@ class S3Store(Store):
         return ObjectInfo(uri, len(data), etag=resp.get("ETag"), version_id=resp.get("VersionId"))
 
     async def assemble(
-        self, src: ObjectInfo, ranges: list[tuple[int, int]], tail: bytes, dst: str
+        self, src: ObjectInfo, ranges: list[tuple[int, int]], tail: bytes, dst: str, head: bytes = b""
     ) -> tuple[ObjectInfo, int]:
-        """Write ``dst`` as the byte ranges of ``src`` in order, then ``tail``; returns it and the bytes fetched.
+        """Write ``dst`` as ``head``, the byte ranges of ``src`` in order, then ``tail``; returns it and the
+        bytes fetched.
 
         A range of 5 MiB or more becomes UploadPartCopy parts (no byte passes through us);
         shorter ranges, and the bytes needed to bring a piece up to S3's 5 MiB part minimum,
         are read and uploaded. So a tar with a few samples removed moves a few MiB per cut,
-        not the whole object. :class:`Refused` (nothing written) when the store turns UploadPartCopy down.
+        not the whole object. A ``head`` (a rewritten file header) starts the first piece, which the
+        first range then fills up to a part. :class:`Refused` (nothing written) when the store turns
+        UploadPartCopy down.
         """
         if not self.ranged_copy:
-            return await super().assemble(src, ranges, tail, dst)
+            return await super().assemble(src, ranges, tail, dst, head)
         fetched = 0
         async with self.open_write(dst) as upload:
             assert isinstance(upload, S3Upload)
-            piece = bytearray()
+            piece = bytearray(head)
             for start, end in ranges:
                 pos = start
                 while pos < end:

@@ -1,0 +1,205 @@
+"""CLIP embedding sets as one unit: ``metadata_N.parquet`` with ``img_emb_N.npy`` and ``text_emb_N.npy``.
+
+Row i of the metadata describes row i of each .npy, so a removal that cleans the
+metadata alone leaves the removed images findable in every kNN index built from
+the vectors. The metadata decides, with the same rule as any Parquet shard; the
+same rows leave it and every .npy beside it.
+
+A .npy row is a fixed number of bytes, so the vectors are never decoded: the
+metadata's decision gives the byte ranges to keep. On one S3 endpoint each .npy
+output is assembled from server-side copies of those ranges, with its rewritten
+header uploaded as the first piece; elsewhere (or when the endpoint refuses
+UploadPartCopy, or the cuts are too dense for copies to pay) it is streamed in
+bounded chunks of whole rows. A set without a match is copied, or in place left
+alone; its vectors are never read.
+
+Outputs are written vectors first, metadata last, then the engine's receipt: a set
+cut short is redone whole by the next run, with the same result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.to_thread
+import numpy as np
+
+from ..errors import ShardError, StreamfilterError, redact_uri
+from ..formats.embedding_set import KINDS, is_member, kind_folder, member
+from ..formats.npy import FIRST_BYTES, NpyHeader, header_length, kept_byte_ranges, parse_header, rewritten_header
+from ..formats.parquet import ParquetShard
+from ..keys import require_columns
+from ..removed_ids import attach
+from ..shard_io import OpenedFiles, RunContext, keep_unchanged, rewrite
+from ..store import Refused
+from . import Counts, ShardFiles, ShardTools, pipeline_for
+from .npy_stream import stream_rows
+
+if TYPE_CHECKING:
+    from ..ledger import ShardReport
+    from ..plan import Shard
+    from ..store import ObjectInfo, Stores
+
+#: S3's minimum part: a rewritten header costs one such piece, every kept range shorter than it is fetched.
+ASSEMBLY_PART = 5 * 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Vectors:
+    """One .npy of a set: its kind, the object, and its parsed header."""
+
+    kind: str
+    info: ObjectInfo
+    header: NpyHeader
+
+
+def decide(files: ShardFiles, tools: ShardTools) -> np.ndarray:
+    """The metadata's keep mask (True: the row stays), from its key columns only."""
+    name = files.name
+    shard = ParquetShard(files.source, name)
+    require_columns(shard.schema, tools.rule.key, name)
+    masks = [np.zeros(0, bool)]
+    for table in shard.row_groups(list(tools.rule.key.columns), use_threads=False):
+        tools.check_cancelled(name)
+        masks.append(np.asarray(tools.rule.keep_mask(table, name), dtype=bool))
+        tools.progress.add(table.num_rows, 0)
+    return np.concatenate(masks)
+
+
+def filter_shard(files: ShardFiles, tools: ShardTools) -> Counts:
+    """A dry run counts the metadata's matches (``run`` processes sets through :func:`process_set`)."""
+    keep = decide(files, tools)
+    return Counts(rows_in=len(keep), rows_out=int(keep.sum()))
+
+
+async def read_header(stores: Stores, info: ObjectInfo, report: ShardReport) -> NpyHeader:
+    """Parse a .npy header from its first bytes (one ranged read for what np.save writes)."""
+    name = redact_uri(info.uri)
+    store = stores.for_uri(info.uri)
+    head = await store.read_range(info.uri, 0, min(info.size, FIRST_BYTES))
+    if len(head) >= 12 and header_length(head, name) > len(head):
+        head += await store.read_range(info.uri, len(head), min(info.size, header_length(head, name)))
+    report.bytes_read += len(head)
+    return parse_header(head, info.size, name)
+
+
+async def find_vectors(stores: Stores, metadata: str, report: ShardReport) -> list[Vectors]:
+    """The set's .npy files, with their headers. A kind may be absent from the whole root, never from one set."""
+    label = redact_uri(metadata)
+    found = []
+    for kind in KINDS:
+        uri = member(metadata, kind)
+        try:
+            info = await stores.for_uri(uri).stat(uri)
+        except StreamfilterError as exc:
+            folder = kind_folder(metadata, kind)
+            try:
+                others = [o for o in await stores.for_uri(folder).list(folder) if is_member(o.uri)]
+            except StreamfilterError:
+                others = []
+            if others:
+                raise ShardError(
+                    f"{redact_uri(uri)} is missing ({exc}) while {len(others)} other {kind} files lie beside it; "
+                    f"restore it, or the vectors of {label} stay uncleaned"
+                ) from None
+            continue
+        found.append(Vectors(kind, info, await read_header(stores, info, report)))
+    if not found:
+        raise ShardError(
+            f"{label}: no {' or '.join(f'{k}/{k}_N.npy' for k in KINDS)} beside it; an embedding set needs its vectors "
+            "(for metadata alone pass --format parquet)"
+        )
+    return found
+
+
+async def process_set(
+    shard: Shard, ctx: RunContext, info: ObjectInfo, report: ShardReport, opened: OpenedFiles
+) -> ObjectInfo:
+    """Filter one embedding set; returns the metadata output (what the receipt records)."""
+    assert shard.output is not None
+    label = redact_uri(shard.input)
+    vectors = await find_vectors(ctx.stores, shard.input, report)
+    files = ShardFiles(opened.open(info), None, label, _no_sibling)
+    keep = await anyio.to_thread.run_sync(decide, files, ctx.tools)
+    for v in vectors:
+        if v.header.rows != len(keep):
+            raise ShardError(
+                f"{redact_uri(v.info.uri)} has {v.header.rows} rows, its metadata {label} has {len(keep)}; the set is "
+                "not row-aligned, so no row can be removed safely: regenerate or fix the set"
+            )
+    kept = int(keep.sum())
+    report.rows_in, report.rows_out = len(keep), kept
+    attach(report, np.flatnonzero(~keep))
+    if ctx.on_scanned is not None:
+        ctx.on_scanned(kept == len(keep))
+    outputs = [(v.info, member(shard.output, v.kind)) for v in vectors]
+    if kept == len(keep) and ctx.spec.scan:
+        return await keep_unchanged(shard, ctx, [(info, shard.output), *outputs], report)
+    written_sizes, vias = [], set()
+    for v, (_, dst) in zip(vectors, outputs, strict=True):
+        written, via = await write_vectors(ctx, v, keep, dst, report)
+        written_sizes.append(written.size)
+        vias.add(via)
+    async with ctx.cpu_slots:
+        files = ShardFiles(opened.open(info), None, label, _no_sibling)
+        counts, written = await rewrite(shard, ctx, pipeline_for("parquet"), files)
+    if (counts.rows_in, counts.rows_out) != (len(keep), kept):
+        raise ShardError(f"{label} changed while it was filtered; rerun")
+    report.output_via = "assembled" if vias == {"assembled"} else "rewrite"
+    report.bytes_written = written.size + sum(written_sizes)
+    report.bytes_saved = info.size + sum(v.info.size for v in vectors) - report.bytes_written
+    return written
+
+
+async def write_vectors(
+    ctx: RunContext, vectors: Vectors, keep: np.ndarray, dst: str, report: ShardReport
+) -> tuple[ObjectInfo, str]:
+    """One .npy output: assembled from server-side copies where that pays, else streamed; and how."""
+    src, header = vectors.info, vectors.header
+    head = rewritten_header(header, int(keep.sum()))
+    source, target = ctx.stores.for_uri(src.uri), ctx.stores.for_uri(dst)
+    ranges = kept_byte_ranges(header, keep)
+    if source is target and target.ranged_copy and assembly_pays(ranges, len(head)):
+        try:
+            written, fetched = await target.assemble(src, ranges, b"", dst, head=head)
+        except Refused:  # the store has learned it: this file and the next are streamed
+            pass
+        else:
+            report.bytes_read += fetched
+            return written, "assembled"
+    written, fetched = await stream_rows(source, src, header, keep, head, target, dst)
+    report.bytes_read += fetched
+    return written, "rewrite"
+
+
+def assembly_pays(ranges: list[tuple[int, int]], head: int) -> bool:
+    """Copies pay when the bytes they leave to fetch are under half of what streaming would fetch.
+
+    S3 takes parts of 5 MiB or more but the last, so the new header starts a piece that
+    the first range fills up to a part, and a range left shorter than a part after a cut
+    is fetched too: the same walk as ``S3Store.assemble``, over the ranges (one step a cut).
+    """
+    kept = sum(end - start for start, end in ranges)
+    return fetched_by_assembly(ranges, head) < kept / 2
+
+
+def fetched_by_assembly(ranges: list[tuple[int, int]], head: int) -> int:
+    """Bytes an assembly of ``ranges`` after a ``head`` of that many bytes reads and uploads itself."""
+    piece = head
+    fetched = 0
+    for start, end in ranges:
+        pos = start
+        while pos < end:
+            if not piece and end - pos >= ASSEMBLY_PART:
+                break  # the rest of the range is copied server-side
+            take = min(end - pos, ASSEMBLY_PART - piece)
+            fetched, piece, pos = fetched + take, piece + take, pos + take
+            if piece >= ASSEMBLY_PART:
+                piece = 0
+    return fetched
+
+
+def _no_sibling(extension: str) -> Any:
+    raise ShardError(f"no {extension} beside the metadata of an embedding set")
