@@ -54,6 +54,7 @@ def shard_report(shard: Shard, error: str | None = None) -> ShardReport:
 def _take_counts(report: ShardReport, counts: Counts) -> None:
     report.rows_in, report.rows_out = counts.rows_in, counts.rows_out
     report.members_in, report.members_out, report.unkeyed = counts.members_in, counts.members_out, counts.unkeyed
+    report.removed_by, report.kept_by = counts.removed_by, counts.kept_by
 
 
 async def filter_one(

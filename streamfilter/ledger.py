@@ -45,6 +45,11 @@ class ShardReport:
     #: Multipart uploads of this shard's outputs left unfinished because the store refused to abort
     #: them (``uri``, ``upload_id``): abort them yourself, or let a lifecycle rule remove them.
     abandoned_uploads: list[dict[str, str]] = field(default_factory=list)
+    #: Lists with domain:/prefix: rules only: the rows removed by each kind ({"exact", "domain",
+    #: "prefix"}; a row matched by several is credited to exact, then prefix, then domain), or in
+    #: allow mode the rows each kind kept. None for a shard resumed or an img2dataset set copied unchanged.
+    removed_by: dict[str, int] | None = None
+    kept_by: dict[str, int] | None = None
 
 
 @dataclass
@@ -82,6 +87,10 @@ class Report:
             "bytes_saved": sum(s.bytes_saved for s in done),
             "seconds": round(self.seconds, 3),
         }
+        for name in ("removed_by", "kept_by"):
+            if any(getattr(s, name) for s in done):
+                self.totals[name] = {k: sum((getattr(s, name) or {}).get(k, 0) for s in done)
+                                     for k in ("exact", "domain", "prefix")}  # fmt: skip
 
     @property
     def ok(self) -> bool:

@@ -8,12 +8,15 @@ line) with ``tools.rule`` and writes the kept ones to ``files.sink``.
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import importlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -39,8 +42,48 @@ class Filter:
 
     def keep_mask(self, table: pa.Table, source: str) -> pa.Array:
         """True for rows that stay; ``table`` holds (at least) the key columns by name."""
-        hit = self.key_set.contains(key_values(table, self.key, source))
+        keys = key_values(table, self.key, source)
+        classify = getattr(self.key_set, "classify", None)  # a set with rules says which kind matched
+        if classify is None:
+            hit = self.key_set.contains(keys)
+        else:
+            found, counts = classify(keys)
+            tally = _TALLY.get()
+            if tally is not None:
+                for kind, n in counts.items():
+                    tally[kind] = tally.get(kind, 0) + n
+            hit = pa.array(found if isinstance(found, np.ndarray) else np.asarray(found))
         return hit if self.mode == "allow" else pc.invert(hit)
+
+
+#: The rows each kind of rule matched in the pass running in this thread (see :func:`_tallied`).
+_TALLY: contextvars.ContextVar[dict[str, int] | None] = contextvars.ContextVar("streamfilter_tally", default=None)
+
+
+def _tallied(fn: Callable[[ShardFiles, ShardTools], Any]) -> Callable[[ShardFiles, ShardTools], Any]:
+    """``fn`` with the rows each kind of rule matched in its pass put in its counts: as
+    ``removed_by`` in deny mode, ``kept_by`` in allow mode. A pass starts from zero, so a
+    scan and the rewrite after it each count their own rows, never both."""
+
+    @functools.wraps(fn)
+    def run(files: ShardFiles, tools: ShardTools) -> Counts | None:
+        if getattr(tools.rule.key_set, "classify", None) is None:
+            return fn(files, tools)
+        tally: dict[str, int] = {}
+        token = _TALLY.set(tally)
+        try:
+            counts = fn(files, tools)
+        finally:
+            _TALLY.reset(token)
+        if counts is not None:
+            by_kind = {kind: tally.get(kind, 0) for kind in ("exact", "domain", "prefix")}
+            if tools.rule.mode == "allow":
+                counts.kept_by = by_kind
+            else:
+                counts.removed_by = by_kind
+        return counts
+
+    return run
 
 
 @dataclass(frozen=True)
@@ -92,6 +135,9 @@ class Counts:
     members_out: int | None = None
     #: Samples or lines kept because they had no usable key (``on_unkeyed = "keep"``).
     unkeyed: int | None = None
+    #: With domain:/prefix: rules: the rows each kind (exact, domain, prefix) removed (deny) or kept (allow).
+    removed_by: dict[str, int] | None = None
+    kept_by: dict[str, int] | None = None
 
 
 Pipeline = Callable[[ShardFiles, ShardTools], Counts]
@@ -102,7 +148,7 @@ Scanner = Callable[[ShardFiles, ShardTools], "Counts | None"]
 
 def pipeline_for(fmt: str) -> Pipeline:
     """The ``filter_shard`` of ``pipelines/<fmt>.py``, imported on first use."""
-    return importlib.import_module(f"{__name__}.{fmt}").filter_shard
+    return _tallied(importlib.import_module(f"{__name__}.{fmt}").filter_shard)
 
 
 def scanner_for(fmt: str, tools: ShardTools) -> Scanner | None:
@@ -111,4 +157,4 @@ def scanner_for(fmt: str, tools: ShardTools) -> Scanner | None:
     module = importlib.import_module(f"{__name__}.{fmt}")
     scanner = getattr(module, "scan_shard", None)
     wants = getattr(module, "scans", None)  # a format may scan only in some modes (tars: with a sidecar)
-    return scanner if scanner is not None and (wants is None or wants(tools)) else None
+    return _tallied(scanner) if scanner is not None and (wants is None or wants(tools)) else None

@@ -223,6 +223,7 @@ async def _rewrite_set(
     parquet_counts, parquet_written = await _rewrite_parquet(parquet_shard, ctx, parquet_files)
     if (parquet_counts.rows_in, parquet_counts.rows_out) != (report.rows_in, report.rows_out):
         raise ShardError(f"{redact_uri(parquet_in)} changed while it was filtered; rerun")
+    report.removed_by, report.kept_by = parquet_counts.removed_by, parquet_counts.kept_by
     stats_bytes = updated_stats(await stores.for_uri(stats_in).read_all(stats_in), decision, redact_uri(stats_in))
     stats_written = await stores.for_uri(stats_out).put(stats_out, stats_bytes)
     report.bytes_written = written.size + parquet_written.size + stats_written.size

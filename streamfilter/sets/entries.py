@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 
 from ..errors import UsageError
 from ..keys import KeySpec, hash_keys, normalize
+from .rules import refuse_rules
 
 DIGEST_BYTES = {"md5": 16, "sha1": 20, "sha256": 32}
 _NIBBLES = np.full(256, 255, dtype=np.uint8)
@@ -70,7 +71,12 @@ def _int_values(keys: pa.Array, spec: KeySpec, where: Callable[[int], str]) -> p
 
 
 def entry_values(keys: pa.Array, spec: KeySpec, where: Callable[[int], str]) -> pa.Array:
-    """The lookup values of one list's entries; ``where(i)`` names entry ``i``'s file and line."""
+    """The lookup values of one list's entries; ``where(i)`` names entry ``i``'s file and line.
+
+    A ``domain:``/``prefix:`` rule reaching here (a filter file's build) is refused: rules need the raw URL.
+    """
+    refuse_rules(keys, where, "cannot go in a filter file (it keeps only key hashes); list it with "
+                 "run --blocklist, where rules match the raw URL")  # fmt: skip
     if spec.entries == "hex":
         return _hex_values(keys, spec, where)
     if spec.entries == "int":

@@ -25,6 +25,7 @@ from ..store import Stores
 from .entries import entry_values
 from .exact import ExactKeySet
 from .keyset import KeySet
+from .rules import RuleEntries, rule_key_set, split_rules
 
 if TYPE_CHECKING:  # the hashed sets import numba: only runs that use them pay for it
     from .hashed import HashedKeySet
@@ -219,11 +220,14 @@ def entry_place(uri: str, lines: pa.Array | None, base: int = 0) -> Callable[[in
     return where
 
 
-async def load_keys(sources: list[str], stores: Stores, spec: KeySpec | None = None) -> list[pa.Array]:
+async def load_keys(
+    sources: list[str], stores: Stores, spec: KeySpec | None = None, rules: RuleEntries | None = None
+) -> list[pa.Array]:
     """The lookup values of every source, one array per source (duplicates are removed by the set).
 
     Entries are converted as ``spec.entries`` says (raw keys normalized and hashed like the rows);
-    without a spec the raw text keys are returned.
+    without a spec the raw text keys are returned. ``domain:``/``prefix:`` lines go to ``rules``
+    when given (see :mod:`.rules`); without it they are refused.
     """
     arrays = []
     for source in sources:
@@ -240,6 +244,8 @@ async def load_keys(sources: list[str], stores: Stores, spec: KeySpec | None = N
         if keys.null_count == len(keys):
             # An empty list is nearly always the wrong file; in allow mode it would empty every shard.
             raise UsageError(f"blocklist {redact_uri(uri)} holds no keys; check the file (and the column)")
+        if spec is not None and rules is not None:
+            keys, lines = split_rules(keys, lines, spec, entry_place(uri, lines), rules)
         if spec is not None:
             keys = entry_values(keys, spec, entry_place(uri, lines))
         arrays.append(keys)
@@ -249,13 +255,16 @@ async def load_keys(sources: list[str], stores: Stores, spec: KeySpec | None = N
 
 
 async def build_key_set(sources: list[str], spec: KeySpec, stores: Stores) -> KeySet:
-    """The run's membership set from its lists: 64-bit values in a fingerprint set, others exact."""
-    arrays = await load_keys(sources, stores, spec)
+    """The run's membership set from its lists: 64-bit values in a fingerprint set, others exact;
+    with domain:/prefix: rules, exact keys and rules in one :class:`.rules.RuleKeySet`."""
+    rules = RuleEntries()
+    arrays = await load_keys(sources, stores, spec, rules)
     if spec.is_64bit or (arrays and pa.types.is_uint64(arrays[0].type)):
         from .hashed import HashedKeySet
 
         return HashedKeySet.from_values(pa.concat_arrays(arrays))
-    return ExactKeySet(pa.concat_arrays([as_bytes(keys) for keys in arrays]))
+    exact = ExactKeySet(pa.concat_arrays([as_bytes(keys) for keys in arrays]))
+    return rule_key_set(exact if exact.size else None, rules) if rules else exact
 
 
 #: The flag that sets each KeySpec field, for messages.
