@@ -14,6 +14,7 @@ shards run at once, and where, is the executor's business (``executors/``).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import json
@@ -67,7 +68,7 @@ async def filter_one(
         async with ctx.cpu_slots:
             _take_counts(report, await anyio.to_thread.run_sync(pipeline, files, ctx.tools))
     else:
-        scan = scanner_for(fmt, ctx.tools) if ctx.spec.scan else None
+        scan = scanner_for(fmt, ctx.tools) if ctx.spec.scan and ctx.scan_pays() else None
         clean = await anyio.to_thread.run_sync(scan, files, ctx.tools) if scan is not None else None
         if scan is not None and ctx.on_scanned is not None:
             ctx.on_scanned(clean is not None)
@@ -189,6 +190,38 @@ class ShardWork:
             await stores.aclose()
 
 
+#: The latest scans a dense run is judged by, how many of them it takes, and the share with hits that
+#: makes the run dense: then shards go straight to the rewrite, except every PROBE_EVERY-th, still
+#: scanned so that a run whose hits thin out (a list that hits the first shards only) turns back.
+DENSE_WINDOW, DENSE_AFTER, DENSE_HIT_SHARE, PROBE_EVERY = 8, 4, 0.9, 8
+
+
+class ScanPolicy:
+    """Whether the next shard's scan is likely to pay, from what the run's latest scans found.
+
+    A scan decodes a shard's key columns to find a shard without hits, which is then
+    copied instead of decoded whole. On a dense run (a diff against a cleaned release:
+    every shard has hits) it finds none, and the rewrite decodes the key columns again.
+    """
+
+    def __init__(self) -> None:
+        self._latest: collections.deque[bool] = collections.deque(maxlen=DENSE_WINDOW)  # True: clean
+        self._skipped = 0
+
+    def seen(self, clean: bool) -> None:
+        self._latest.append(clean)
+
+    def dense(self) -> bool:
+        hits = sum(not clean for clean in self._latest)
+        return len(self._latest) >= DENSE_AFTER and hits >= DENSE_HIT_SHARE * len(self._latest)
+
+    def scan_pays(self) -> bool:
+        if not self.dense():
+            return True
+        self._skipped += 1
+        return self._skipped % PROBE_EVERY == 0
+
+
 class ShardSession:
     """Runs shards in one process. Scans and copies are waits on the store, not CPU: once the scan shows a
     sparse run, more shards may be at that stage (up to ``widest``) than decode and encode at once (the
@@ -199,9 +232,11 @@ class ShardSession:
         self._in_flight, self._widest = in_flight, widest
         self._limiter = anyio.CapacityLimiter(in_flight)
         self._scanned = [0, 0]  # shards scanned, of which clean
-        ctx.on_scanned = self._on_scanned
+        self._scan_policy = ScanPolicy()
+        ctx.on_scanned, ctx.scan_pays = self._on_scanned, self._scan_policy.scan_pays
 
     def _on_scanned(self, clean: bool) -> None:
+        self._scan_policy.seen(clean)
         self._scanned[0] += 1
         self._scanned[1] += clean
         seen, clean_ones = self._scanned

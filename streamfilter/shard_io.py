@@ -39,6 +39,9 @@ class RunContext:
     receipts: ReceiptBook | None = None
     #: Told after each scan whether the shard was clean (the executor widens its fan-out on sparse runs).
     on_scanned: Callable[[bool], None] | None = None
+    #: Asked before a scan whether it is likely to pay: on a dense run a scan only decodes the key columns
+    #: a second time before the rewrite that follows it.
+    scan_pays: Callable[[], bool] = lambda: True
 
 
 class OpenedFiles:
