@@ -168,7 +168,14 @@ def duckdb_absent(derivative: Sequence[Path], der_col: str, reference: Sequence[
         f'ANTI JOIN read_parquet({files(reference)}) r ON d."{der_col}" = r."{ref_col}" '
         f'WHERE d."{der_col}" IS NOT NULL ORDER BY k'
     )
-    return [row[0] for row in duckdb.sql(sql).fetchall()]
+    return duckdb_rows(sql)
+
+
+def duckdb_rows(sql: str) -> list:
+    """The first column of a query's rows, on a connection of its own: duckdb.sql() would use the
+    module's default connection, which another test may have left holding an unfinished result."""
+    with duckdb.connect() as con:
+        return [row[0] for row in con.sql(sql).fetchall()]
 
 
 def duckdb_kept_ids(shard: Path, der_col: str, reference: Sequence[Path], ref_col: str) -> list[int]:
@@ -178,7 +185,7 @@ def duckdb_kept_ids(shard: Path, der_col: str, reference: Sequence[Path], ref_co
         f"SELECT id FROM read_parquet('{shard}') d "
         f'WHERE d."{der_col}" IS NULL OR d."{der_col}" IN (SELECT "{ref_col}" FROM read_parquet({refs})) ORDER BY id'
     )
-    return [row[0] for row in duckdb.sql(sql).fetchall()]
+    return duckdb_rows(sql)
 
 
 def read_list(path: Path | str, data: bytes | None = None) -> list:
