@@ -30,6 +30,8 @@ from .fingerprints import _PREFETCH_DISTANCE, prefetch
 from .hosts import url_hosts
 
 _DOT, _ZERO, _NINE, _A, _Z, _COLON, _SLASH, _QUERY, _HASH, _AT, _BRACKET = (np.uint8(ord(c)) for c in ".09az:/?#@[")
+#: Dots a host may have on the compiled path (more: the Arrow path, which has no such limit).
+_MAX_DOTS = 64
 _SCHEME_EXTRA = (np.uint8(ord("+")), np.uint8(ord("-")), np.uint8(ord(".")))
 
 
@@ -75,9 +77,14 @@ def _emit(base, data, row, hs, he, min_labels, max_labels, n, rows, starts, lens
 
 @_kernel
 def _url_candidates(offsets, data, min_labels, max_labels, rows, starts, lens, hashes, rare):
-    """Parse each lower-cased URL's authority and emit its host's suffixes; flag rows the Arrow path must do."""
+    """Parse each lower-cased URL's authority and emit its host's suffixes; flag rows the Arrow path must do.
+
+    One forward pass over scheme and authority records where the host's labels start, so the
+    suffixes are cut without reading the host again.
+    """
     base = data.ctypes.data
     n = 0
+    dots = np.empty(_MAX_DOTS, np.int64)
     for r in range(rare.size):
         s = np.int64(offsets[r])
         e = np.int64(offsets[r + 1])
@@ -88,30 +95,60 @@ def _url_candidates(offsets, data, min_labels, max_labels, rows, starts, lens, h
             i += 1
         if i + 2 >= e or data[i] != _COLON or data[i + 1] != _SLASH or data[i + 2] != _SLASH:
             continue
-        a = i + 3
-        q = a
-        at = a - 1
+        hs = i + 3  # the host starts after the authority's last @
+        he = -1  # ...and ends at its first : after that @, or at the authority's end
+        q = hs
+        nd = 0
         odd = False
         while q < e:
             c = data[q]
             if c == _SLASH or c == _QUERY or c == _HASH:  # noqa: SIM109 (numba: plain compares)
                 break
-            if c == _AT:
-                at = q
+            if c == _DOT:
+                if he < 0:
+                    if nd == _MAX_DOTS:
+                        odd = True
+                    else:
+                        dots[nd] = q
+                        nd += 1
+            elif c == _AT:
+                hs, he, nd = q + 1, -1, 0
+            elif c == _COLON:
+                if he < 0:
+                    he = q
             elif c >= 128 or c == _BRACKET:
                 odd = True
             q += 1
         if odd:
             rare[r] = True
             continue
-        hs = at + 1
-        he = hs
-        while he < q and data[he] != _COLON:
-            he += 1
-        while he > hs and data[he - 1] == _DOT:
+        if he < 0:
+            he = q
+        while he > hs and data[he - 1] == _DOT:  # trailing dots: not part of the name
             he -= 1
-        if he > hs:
-            n = _emit(base, data, r, hs, he, min_labels, max_labels, n, rows, starts, lens, hashes)
+            nd -= 1
+        if he <= hs:
+            continue
+        # A host whose last label is a number is an IPv4 address (or no valid name): only whole.
+        k = he - 1
+        while k >= hs and _ZERO <= data[k] <= _NINE:
+            k -= 1
+        whole_only = k < he - 1 and (k < hs or data[k] == _DOT)
+        labels = 1
+        d = nd - 1
+        while labels <= max_labels:
+            start = dots[d] + 1 if d >= 0 else hs
+            if labels >= min_labels and he > start and (not whole_only or start == hs):
+                h = _xxh3(base, start, he - start)
+                rows[n] = r
+                starts[n] = start
+                lens[n] = he - start
+                hashes[n] = h | np.uint64(h == 0)
+                n += 1
+            if d < 0:
+                break
+            d -= 1
+            labels += 1
     return n
 
 
