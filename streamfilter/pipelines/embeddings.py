@@ -175,14 +175,15 @@ async def write_vectors(
 
 
 def assembly_pays(ranges: list[tuple[int, int]], head: int) -> bool:
-    """Copies pay when the bytes they leave to fetch are under half of what streaming would fetch.
+    """Copies pay when the bytes they leave to fetch (and upload) are under 3/4 of what streaming would
+    move: short of that, the requests they add (a part a range) cost more than the bytes they save.
 
     S3 takes parts of 5 MiB or more but the last, so the new header starts a piece that
     the first range fills up to a part, and a range left shorter than a part after a cut
     is fetched too: the same walk as ``S3Store.assemble``, over the ranges (one step a cut).
     """
     kept = sum(end - start for start, end in ranges)
-    return fetched_by_assembly(ranges, head) < kept / 2
+    return fetched_by_assembly(ranges, head) < kept * 0.75
 
 
 def fetched_by_assembly(ranges: list[tuple[int, int]], head: int) -> int:
