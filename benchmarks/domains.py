@@ -5,7 +5,8 @@
 
 Generated data: ``--domains`` registrable domains (``site<i>.<tld>`` over 8 suffixes, some of
 them two-label like co.uk), and ``--urls`` LAION-like URLs (https, 0-2 subdomain labels, a
-path, a query on a third of them, a port or userinfo on 1%, an IDN host on 0.5%) whose host
+path, a query on a third of them, userinfo and a port on 0.5%, a non-ASCII host on ``--idn``
+(0.5%) of them: those take the Arrow path and a Python IDNA conversion) whose host
 is under a listed domain for ``--hits`` of them (1% by default) and under an unlisted one
 otherwise. The set is built once (its time and the table's size are reported); then each
 run matches every URL in batches of ``--batch`` (what a pipeline hands a key set), on one
@@ -47,6 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--domains", type=int, default=1_000_000, help="domain entries (default 1M)")
     p.add_argument("--urls", type=int, default=2_000_000, help="URLs per run (default 2M)")
     p.add_argument("--hits", type=float, default=0.01, help="share of URLs under a listed domain (default 0.01)")
+    p.add_argument("--idn", type=float, default=0.005, help="share of URLs with a non-ASCII host (default 0.005)")
     p.add_argument("--batch", type=int, default=65_536, help="URLs per contains() call")
     p.add_argument("--runs", type=int, default=5, help="timed runs; the median is reported")
     p.add_argument("--json", type=Path, default=None, help="also write every figure here")
@@ -59,7 +61,7 @@ def domains(n: int) -> pa.Array:
     return pa.array(names, pa.large_string())
 
 
-def urls(n: int, n_domains: int, hits: float, seed: int = 0) -> pa.Array:
+def urls(n: int, n_domains: int, hits: float, idn: float, seed: int = 0) -> pa.Array:
     rng = np.random.default_rng(seed)
     listed = rng.random(n) < hits
     site = np.where(listed, rng.integers(0, n_domains, n), rng.integers(n_domains, 50 * n_domains, n))
@@ -68,9 +70,9 @@ def urls(n: int, n_domains: int, hits: float, seed: int = 0) -> pa.Array:
     out = []
     for i in range(n):
         host = f"{sub[i]}site{site[i]}.{SUFFIXES[site[i] % len(SUFFIXES)]}"
-        if rare[i] < 0.005:
+        if rare[i] < idn:
             host = "bücher." + host
-        elif rare[i] < 0.01:
+        elif rare[i] < idn + 0.005:
             host = f"user@{host}:8443"
         query = f"?w={i % 1000}" if i % 3 == 0 else ""
         out.append(f"https://{host}/images/{i % 9973}/photo_{i}.jpg{query}")
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     domain_set = DomainSet(entries)
     build_s = time.perf_counter() - started
     table_mib = (domain_set.table.slots.nbytes + domain_set.table.data.nbytes + domain_set.table.offsets.nbytes) / 2**20
-    values = urls(args.urls, args.domains, args.hits)
+    values = urls(args.urls, args.domains, args.hits, args.idn)
     found = domain_set.contains_urls(values)
     exact = ExactKeySet(values.filter(pa.array(np.arange(len(values)) % 1000 == 0)))
     prefixes = pa.array([f"https://site{i}.com/images/{i}/" for i in range(0, 800, 8)], pa.large_string())
@@ -107,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     figures = {
         "domains": args.domains,
         "urls": args.urls,
+        "idn_share": args.idn,
         "hit_share": round(float(found.mean()), 4),
         "build_s": round(build_s, 2),
         "table_mib": round(table_mib, 1),
@@ -117,14 +120,15 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()}, {platform.python_version()}, pyarrow {pa.__version__}",
     }
     assert pc.sum(pa.array(found)).as_py() > 0
-    print(f"{args.domains:,} domains: set built in {figures['build_s']} s, {figures['table_mib']} MiB; "
-          f"{args.urls:,} URLs, {figures['hit_share']:.2%} under a listed domain")  # fmt: skip
+    print(f"{args.domains:,} domains: set built in {figures['build_s']} s, {figures['table_mib']} MiB")
+    print(f"{args.urls:,} URLs, {figures['hit_share']:.2%} under a listed domain, {args.idn:.1%} IDN hosts")
     print("| operation | M URLs per CPU-second (median) | M URLs/s wall (median) |")
     print("| --- | ---: | ---: |")
     for name in ("domain_match", "arrow_hosts_only", "prefixes_100", "classify_exact_domain_prefix"):
         f = figures[name]
         print(f"| {name} | {f['m_per_cpu_s']} | {f['m_per_wall_s']} |")
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0
 
