@@ -30,20 +30,22 @@ from .fingerprints import _PREFETCH_DISTANCE, prefetch
 from .hosts import url_hosts
 
 _DOT, _ZERO, _NINE, _A, _Z, _COLON, _SLASH, _QUERY, _HASH, _AT, _BRACKET = (np.uint8(ord(c)) for c in ".09az:/?#@[")
+_LENGTH_MASK = np.uint64((1 << 24) - 1)
 #: Dots a host may have on the compiled path (more: the Arrow path, which has no such limit).
 _MAX_DOTS = 64
 _SCHEME_EXTRA = (np.uint8(ord("+")), np.uint8(ord("-")), np.uint8(ord(".")))
 
 
 @_kernel
-def _fill(hashes, slots, mask):
+def _fill(hashes, offsets, slots, mask):
+    """Each entry's hash, and where its bytes are (offset << 24 | length), in its slot."""
     for e in range(hashes.size):
         h = hashes[e]
         i = h & mask
         while slots[2 * i] != 0:
             i = (i + np.uint64(1)) & mask
         slots[2 * i] = h
-        slots[2 * i + 1] = e
+        slots[2 * i + 1] = (np.uint64(offsets[e]) << np.uint64(24)) | np.uint64(offsets[e + 1] - offsets[e])
 
 
 @numba.njit(cache=True, nogil=True, inline="always")  # inlined: a call would count references to its arrays
@@ -182,14 +184,20 @@ def _prefix_candidates(offsets, data, lengths, rows, starts, lens, hashes):
 
 
 @_kernel
-def _probe(data, rows, starts, lens, hashes, n, slots, mask, ent_offsets, ent_data, out):
-    """``out[rows[c]] = True`` for every candidate that is an entry; slot lines are prefetched ahead
-    (a probe of a large table is a cache miss: pipelined, misses overlap)."""
+def _probe(data, rows, starts, lens, hashes, n, slots, mask, ent_data, out):
+    """``out[rows[c]] = True`` for every candidate that is an entry. A probe of a large table is a
+    cache miss, and so is the entry a hash hit is confirmed against: both are prefetched ahead
+    (the slot two distances ahead, the entry its slot names one distance ahead), so misses overlap."""
     d = _PREFETCH_DISTANCE
-    for c in range(-d, n):
-        a = c + d
+    for c in range(-2 * d, n):
+        a = c + 2 * d
         if a < n:
             prefetch(slots, np.intp(2 * (hashes[a] & mask)))
+        b = c + d
+        if 0 <= b < n:
+            i = hashes[b] & mask
+            if slots[2 * i] == hashes[b]:
+                prefetch(ent_data, np.intp(slots[2 * i + 1] >> np.uint64(24)))
         if c < 0 or out[rows[c]]:
             continue
         h = hashes[c]
@@ -201,9 +209,9 @@ def _probe(data, rows, starts, lens, hashes, n, slots, mask, ent_offsets, ent_da
             if sh == 0:
                 break
             if sh == h:
-                e = slots[2 * i + 1]
-                lo = ent_offsets[e]
-                if ent_offsets[e + 1] - lo == length:
+                where = slots[2 * i + 1]
+                if np.int64(where & _LENGTH_MASK) == length:
+                    lo = np.int64(where >> np.uint64(24))
                     same = True
                     for k in range(length):
                         if ent_data[lo + k] != data[start + k]:
@@ -229,8 +237,10 @@ class StringTable:
         self.data = np.ascontiguousarray(data[offsets[0] : offsets[-1]])
         capacity = 1 << max(4, (2 * self.size).bit_length())
         self.mask = np.uint64(capacity - 1)
-        self.slots = np.zeros(2 * capacity, dtype=np.uint64)  # (hash, entry) pairs: one cache line a probe
-        _fill(hashes, self.slots, self.mask)
+        if self.size and int(np.diff(self.offsets).max()) >= 1 << 24:
+            raise ValueError("an entry of 16 MiB or more")  # lengths take 24 bits of a slot
+        self.slots = np.zeros(2 * capacity, dtype=np.uint64)  # (hash, where) pairs: one cache line a probe
+        _fill(hashes, self.offsets, self.slots, self.mask)
         self.lengths = np.unique(np.diff(self.offsets)).astype(np.int64)
 
     def digest(self, tag: str) -> str:
@@ -242,7 +252,7 @@ class StringTable:
 
     def probe(self, data: np.ndarray, candidates: Candidates, n: int, out: np.ndarray) -> None:
         c = candidates
-        _probe(data, c.rows, c.starts, c.lens, c.hashes, n, self.slots, self.mask, self.offsets, self.data, out)
+        _probe(data, c.rows, c.starts, c.lens, c.hashes, n, self.slots, self.mask, self.data, out)
 
 
 #: Candidates (substrings to look up) per kernel call: bounds the scratch arrays to 32 MiB.
