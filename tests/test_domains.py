@@ -394,3 +394,26 @@ def test_build_filter_refuses_rules(tmp_path: Path, capsys) -> None:
     assert code == 2
     assert len(err.splitlines()) == 1 and "line 2: a domain:/prefix: rule cannot go in a filter file" in err
     assert not (tmp_path / "f.bin").exists()
+
+
+def test_jsonl_dry_run_counts_each_kind(tmp_path: Path) -> None:
+    """Rules are a key set like any other: a JSON Lines shard in a dry run counts what each kind would remove."""
+    rows = [
+        {"meta": {"url": "https://keep.com/removed-exactly"}},
+        {"meta": {"url": "https://cdn.Example.co.uk:443/x"}},
+        {"meta": {"url": "https://badexample.co.uk/x"}},
+        {"meta": {"url": "https://host.org/users/123/a.jpg"}},
+        {"meta": {"url": "https://host.org/users/1234"}},
+    ]
+    shard = tmp_path / "in" / "a.jsonl"
+    shard.parent.mkdir()
+    shard.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    listing = tmp_path / "list.txt"
+    listing.write_text("https://keep.com/removed-exactly\ndomain:example.co.uk\nprefix:https://host.org/users/123/\n")
+    report = tmp_path / "r.json"
+    code = cli.main(["run", str(shard), "--dry-run", "--key", "meta.url", "--blocklist", str(listing),
+                     "--report", str(report)])  # fmt: skip
+    assert code == 0
+    (got,) = json.loads(report.read_text())["shards"]
+    assert (got["rows_in"], got["rows_removed"]) == (5, 3)
+    assert got["removed_by"] == {"exact": 1, "domain": 1, "prefix": 1}
