@@ -1,5 +1,6 @@
-"""What the benchmarks share: running an engine in a fresh, measured process, a moto S3 server in
-its own process, and a byte-counting TCP proxy in front of it, all on loopback.
+"""What the benchmarks share: running an engine in a fresh, measured process, an S3 server in its own
+process (moto, moto under waitress, or s3rver with a one-bug fix; ``ENDPOINTS``), and a byte-counting
+TCP proxy in front of it, all on loopback.
 
 Only the standard library at import time: the DuckDB side virtualenv imports the benchmark scripts too.
 """
@@ -95,41 +96,84 @@ S3_SECRET = "benchsecret"
 S3_REGION = "us-east-1"
 MIB = 1024 * 1024
 
+#: Pinned, as in tests/test_s3rver.py: the fix in s3rver_serve.js is for this version's bug.
+S3RVER = "s3rver@3.7.1"
+S3RVER_SERVE_JS = Path(__file__).resolve().parent / "s3rver_serve.js"
 
-class MotoServer:
-    """A moto S3 server on 127.0.0.1 in its own process (so its CPU is not the harness's)."""
+#: moto's WSGI app under waitress: threads, HTTP/1.1 keep-alive (Werkzeug's server closes every connection).
+MOTO_WAITRESS = """
+import sys, waitress
+from moto.server import DomainDispatcherApplication, create_backend_app
+waitress.serve(DomainDispatcherApplication(create_backend_app), host="127.0.0.1", port=int(sys.argv[1]),
+               threads=8, channel_timeout=600, _quiet=True)
+"""
 
-    def __init__(self, log: Path, bucket: str) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.bucket = bucket
-        self.log_path = log
-        self.log = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                break
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"moto server did not start; see {log}")
-            time.sleep(0.2)
+#: The endpoints the S3 benchmarks can run on (``--endpoints``): what each is, and the fix in front, if any.
+ENDPOINTS = {
+    "moto": "moto server (Werkzeug, one connection a request), full API",
+    "moto-waitress": "moto's WSGI app under waitress (8 threads, keep-alive)",
+    "s3rver": f"{S3RVER} (Node.js), suffix-range fix in benchmarks/s3rver_serve.js; no UploadPartCopy, "
+    "no ListMultipartUploads",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def npm_modules(package: str = S3RVER) -> Path:
+    """node_modules holding ``package``, installed once into a cache folder (no global install):
+    ``STREAMFILTER_NPM_CACHE``, else the one the tests use (same pinned version)."""
+    import shutil
+
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        raise RuntimeError("s3rver needs Node.js and npm (apt-get install nodejs npm)")
+    root = Path(os.environ.get("STREAMFILTER_NPM_CACHE", Path.home() / ".cache" / "streamfilter-tests" / "npm"))
+    name, _, version = package.rpartition("@")
+    manifest = root / "node_modules" / name / "package.json"
+    if not manifest.exists() or json.loads(manifest.read_text()).get("version") != version:
+        root.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["npm", "install", "--prefix", str(root), "--no-audit", "--no-fund", "--silent", package],
+            check=True, timeout=600,
+        )  # fmt: skip
+    return root / "node_modules"
+
+
+class S3Server:
+    """An S3 server on 127.0.0.1 in its own process (so its CPU is not the harness's), with a boto3
+    client of the harness's own for uploads, listings and checks (never through the counting proxy)."""
+
+    name = "?"
+    key_id, secret = S3_KEY_ID, S3_SECRET
+
+    def _client(self) -> None:
         import boto3
         from botocore.config import Config
 
-        self.client = boto3.client(
+        self.client = boto3.session.Session().client(
             "s3",
             endpoint_url=self.endpoint,
-            aws_access_key_id=S3_KEY_ID,
-            aws_secret_access_key=S3_SECRET,
+            aws_access_key_id=self.key_id,
+            aws_secret_access_key=self.secret,
             region_name=S3_REGION,
             config=Config(max_pool_connections=16),
         )
+
+    def _wait_listening(self, log: Path) -> None:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} did not start; see {log}")
+            time.sleep(0.2)
+
+    @property
+    def description(self) -> str:
+        return ENDPOINTS.get(self.name, self.name)
 
     def cpu_s(self) -> float:
         import psutil
@@ -158,7 +202,18 @@ class MotoServer:
     def get(self, key: str) -> bytes:
         return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
 
+    def requests_since(self, offset: int) -> tuple[list[dict[str, Any]], int]:
+        """The requests the server logged after byte ``offset`` of its log, and the new offset
+        (only servers that log requests: s3rver here; empty otherwise)."""
+        return [], offset
+
+    def log_offset(self) -> int:
+        return 0
+
     def stop(self) -> None:
+        if self.proc.stdin:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
         self.proc.terminate()
         try:
             self.proc.wait(10)
@@ -166,6 +221,131 @@ class MotoServer:
             self.proc.kill()
             self.proc.wait()
         self.log.close()
+
+
+class MotoServer(S3Server):
+    """A moto S3 server: ``python -m moto.server`` (Werkzeug) or, with ``wsgi="waitress"``, its app
+    under waitress."""
+
+    def __init__(self, log: Path, bucket: str, wsgi: str = "werkzeug") -> None:
+        self.name = "moto" if wsgi == "werkzeug" else f"moto-{wsgi}"
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.bucket = bucket
+        self.log_path = log
+        self.log = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        if wsgi == "werkzeug":
+            cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
+        else:
+            cmd = [sys.executable, "-c", MOTO_WAITRESS, str(self.port)]
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        self._wait_listening(log)
+        self._client()
+
+
+class S3rverServer(S3Server):
+    """s3rver (npm, pinned) with the suffix-range fix of s3rver_serve.js, storing under ``directory``,
+    logging every request (JSON lines) to ``log.requests.jsonl``."""
+
+    name = "s3rver"
+    key_id = secret = "S3RVER"  # s3rver checks signatures against its own key pair
+
+    def __init__(self, log: Path, bucket: str, directory: Path) -> None:
+        import shutil
+
+        modules = npm_modules()
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+        self.bucket = bucket
+        self.log_path = log
+        self.request_log = Path(f"{log}.requests.jsonl")
+        self.request_log.unlink(missing_ok=True)
+        self.log = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            ["node", str(S3RVER_SERVE_JS), str(directory), str(self.request_log)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
+            env={**os.environ, "NODE_PATH": str(modules)},
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        port = self.proc.stdout.readline().decode().strip()
+        if not port.isdigit():
+            raise RuntimeError(f"s3rver did not start; see {log}")
+        self.port = int(port)
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._client()
+
+    def log_offset(self) -> int:
+        try:
+            return self.request_log.stat().st_size
+        except OSError:
+            return 0
+
+    def requests_since(self, offset: int) -> tuple[list[dict[str, Any]], int]:
+        time.sleep(0.05)  # the server's log stream writes asynchronously
+        try:
+            with open(self.request_log, "rb") as f:
+                f.seek(offset)
+                data = f.read()
+        except OSError:
+            return [], offset
+        data = data[: data.rfind(b"\n") + 1]
+        return [json.loads(line) for line in data.splitlines() if line.strip()], offset + len(data)
+
+
+def start_server(name: str, log: Path, bucket: str, scratch: Path) -> S3Server:
+    """One of ``ENDPOINTS`` on loopback, its bucket created."""
+    if name == "moto":
+        server: S3Server = MotoServer(log, bucket)
+    elif name == "moto-waitress":
+        server = MotoServer(log, bucket, wsgi="waitress")
+    elif name == "s3rver":
+        server = S3rverServer(log, bucket, scratch / "s3rver-store")
+    else:
+        raise ValueError(f"unknown endpoint {name!r}; one of {', '.join(ENDPOINTS)}")
+    try:
+        server.client.create_bucket(Bucket=bucket)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def request_mix(requests: list[dict[str, Any]]) -> dict[str, Any]:
+    """An engine's requests by S3 operation (from a server's request log), with the bytes of each."""
+    mix: dict[str, dict[str, int]] = {}
+    for r in requests:
+        path, _, query = r["u"].partition("?")
+        params = {p.split("=", 1)[0] for p in query.split("&") if p}
+        method = r["m"]
+        if method == "GET" and "uploads" in params:
+            op = "ListMultipartUploads"
+        elif method == "GET" and path.count("/") <= 1:
+            op = "ListObjects"
+        elif method == "GET":
+            op = "GetObject (ranged)" if r.get("r") else "GetObject (whole)"
+        elif method == "HEAD":
+            op = "HeadObject"
+        elif method == "PUT" and "partNumber" in params:
+            op = "UploadPartCopy" if r.get("c") else "UploadPart"
+        elif method == "PUT":
+            op = "CopyObject" if r.get("c") else "PutObject"
+        elif method == "POST" and "uploads" in params:
+            op = "CreateMultipartUpload"
+        elif method == "POST" and "uploadId" in params:
+            op = "CompleteMultipartUpload"
+        elif method == "POST" and "delete" in params:
+            op = "DeleteObjects"
+        elif method == "DELETE":
+            op = "Delete/Abort"
+        else:
+            op = f"{method} other"
+        if int(r.get("s") or 200) >= 400:
+            op += f" ({r['s']})"  # refused or failed: 501 NotImplemented, 404, ...
+        entry = mix.setdefault(op, {"requests": 0, "bytes_out": 0, "bytes_in": 0})
+        entry["requests"] += 1
+        entry["bytes_out"] += int(r.get("out") or 0)
+        entry["bytes_in"] += int(r.get("in") or 0)
+    return mix
 
 
 class CountingProxy:

@@ -2,7 +2,8 @@
 
 One invocation generates (or reuses) the data of two cases, then runs every engine
 several times, each run in its own fresh subprocess, locally and through a loopback S3
-endpoint (a moto server this script starts and stops, behind a byte-counting proxy),
+endpoint (s3rver with a one-bug fix and moto, each started and stopped by this script, behind a
+byte-counting proxy; ``--endpoints``),
 verifies every output against counts computed independently with pyarrow, and writes
 ``results/<name>.md`` and ``.json``.
 
@@ -43,14 +44,15 @@ from pathlib import Path
 from typing import Any
 
 from harness import (  # a sibling module
+    ENDPOINTS,
     ENV_AT_START,
     MIB,
-    S3_KEY_ID,
     S3_REGION,
-    S3_SECRET,
     CountingProxy,
-    MotoServer,
+    S3Server,
     measure,
+    request_mix,
+    start_server,
     streamfilter_report,
 )
 
@@ -325,6 +327,7 @@ class Bench:
         self.args = args
         self.runs: list[dict[str, Any]] = []
         self.notes: list[str] = []
+        self.server_rss_mib: dict[str, float] = {}
         self.logs = DATA / "logs"
         shutil.rmtree(self.logs, ignore_errors=True)
         self.logs.mkdir(parents=True)
@@ -332,8 +335,6 @@ class Bench:
         for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
             self.env.pop(name, None)
         self.env.update(
-            AWS_ACCESS_KEY_ID=S3_KEY_ID,
-            AWS_SECRET_ACCESS_KEY=S3_SECRET,
             AWS_DEFAULT_REGION=S3_REGION,
             AWS_REGION=S3_REGION,
             AWS_EC2_METADATA_DISABLED="true",
@@ -388,11 +389,12 @@ class Bench:
         ds: dict[str, Any],
         run: int | str,
         case: str,
-        server: MotoServer | None = None,
+        server: S3Server | None = None,
         proxy: CountingProxy | None = None,
     ) -> dict[str, Any]:
         names = sorted(ds["expected"])
-        tag = f"{engine['name'].replace(' ', '_')}-{where}-{case}-{run}"
+        env = dict(self.env)
+        tag = f"{engine['name'].replace(' ', '_')}-{where.replace('/', '-')}-{case}-{run}"
         blocklist = str(ds["root"] / "blocklist.txt")
         s3 = None
         if server is None:
@@ -405,18 +407,24 @@ class Bench:
             # The engines talk to the proxy; the harness's own uploads and checks go to the server
             # directly, so the proxy counts the engine's traffic alone.
             endpoint = proxy.endpoint if proxy else server.endpoint
-            s3 = {"endpoint": endpoint, "key_id": S3_KEY_ID, "secret": S3_SECRET, "region": S3_REGION}
+            s3 = {"endpoint": endpoint, "key_id": server.key_id, "secret": server.secret, "region": S3_REGION}
+            env.update(AWS_ACCESS_KEY_ID=server.key_id, AWS_SECRET_ACCESS_KEY=server.secret)
             inputs = [f"s3://{BUCKET}/{ds['s3_prefix']}/{n}" for n in names]
             out_prefix = f"s3://{BUCKET}/out/{tag}"
             server.delete_prefix(f"out/{tag}/")
         cmd = self.command(engine, inputs, out_prefix, blocklist, s3, tag)
         load_before = os.getloadavg()[0]
         cpu_before = server.cpu_s() if server else 0.0
+        log_before = server.log_offset() if server else 0
         counts_before = proxy.snapshot() if proxy else None
         own_before = resource.getrusage(resource.RUSAGE_SELF)
-        result = measure(cmd, self.env, self.logs / tag, self.args.timeout, REPO)
+        result = measure(cmd, env, self.logs / tag, self.args.timeout, REPO)
         if server:
             result["server_cpu_s"] = server.cpu_s() - cpu_before
+            result["endpoint"] = server.name
+            requests, _ = server.requests_since(log_before)
+            if requests:
+                result["requests"] = request_mix(requests)
         if proxy and counts_before:
             if not proxy.quiesce():
                 self.notes.append(f"{tag}: proxy connections still open 10 s after the engine exited")
@@ -439,6 +447,10 @@ class Bench:
         )
         if engine["kind"] == "streamfilter":
             result.update(self.streamfilter_report(self.logs / f"{tag}.report.json"))
+            # What it told the user about the endpoint's refusals (fallbacks), once each.
+            err = Path(f"{self.logs / tag}.err").read_text(errors="replace").splitlines()
+            said = [line.strip() for line in err if "refus" in line.lower() or "not implemented" in line.lower()]
+            result["sf_refusals"] = list(dict.fromkeys(said))[:4]
         if result["returncode"] != 0:
             result["error"] = f"exit {result['returncode']}: " + " | ".join(result["stderr_tail"])[-600:]
         else:
@@ -476,7 +488,7 @@ class Bench:
         return {**totals, "sf_via_by_shard": {s["input"].rsplit("/", 1)[-1]: s.get("output_via") for s in shards}}
 
     def check(
-        self, names: list[str], out_prefix: str, ds: dict[str, Any], server: MotoServer | None, must_match: bool
+        self, names: list[str], out_prefix: str, ds: dict[str, Any], server: S3Server | None, must_match: bool
     ) -> tuple[str | None, int, int]:
         """The verification's verdict, the output bytes, and how many clean shards came out byte-identical.
 
@@ -530,7 +542,7 @@ class Bench:
         where: str,
         ds: dict[str, Any],
         case: str,
-        server: MotoServer | None = None,
+        server: S3Server | None = None,
         proxy: CountingProxy | None = None,
     ) -> None:
         """Warm-up (discarded), then runs interleaved across engines so drifting load hits all alike."""
@@ -620,12 +632,13 @@ class Bench:
         )
         self.series([engine], "local", big, f"{self.args.big_factor}x-shards")
 
-    def s3_phase(self, plan: list[tuple[str, dict[str, Any], list[dict[str, Any]]]]) -> None:
-        print("\n== s3 (moto on 127.0.0.1): starting the server and uploading the shards", flush=True)
-        server = MotoServer(DATA / "moto.log", BUCKET)
+    def s3_phase(self, plan: list[tuple[str, dict[str, Any], list[dict[str, Any]]]], endpoint: str) -> None:
+        """Every case on one S3 endpoint (``ENDPOINTS``), started here and stopped after; rows' place is s3/NAME."""
+        print(f"\n== s3 on {endpoint} (127.0.0.1): starting the server and uploading the shards", flush=True)
+        server = start_server(endpoint, DATA / f"{endpoint}.log", BUCKET, DATA)
+        where = f"s3/{endpoint}"
         proxy = None
         try:
-            server.client.create_bucket(Bucket=BUCKET)
             for _, ds, _ in plan:
                 ds["s3_prefix"] = "in/" + ds["root"].name
                 started = time.perf_counter()
@@ -640,9 +653,9 @@ class Bench:
                 proxy = CountingProxy(server.port)
                 print(f"  engines go through the counting proxy at {proxy.endpoint}", flush=True)
             for case, ds, engines in plan:
-                print(f"\n== s3, {case}: {len(engines)} engines x {self.args.runs} runs", flush=True)
-                self.series(engines, "s3", ds, case, server, proxy)
-            self.server_rss_mib = server.rss_mib()
+                print(f"\n== {where}, {case}: {len(engines)} engines x {self.args.runs} runs", flush=True)
+                self.series(engines, where, ds, case, server, proxy)
+            self.server_rss_mib[endpoint] = server.rss_mib()
         finally:
             if proxy:
                 proxy.stop()
@@ -652,7 +665,17 @@ class Bench:
 # --------------------------------------------------------------------------- summary and report
 
 CASE_ORDER = {"dense": 0, "sparse": 2}  # the memory check's case sits between the two
-WHERE_ORDER = {"local": 0, "s3": 1}
+
+
+def where_order(where: str) -> int:
+    """local first, then each S3 endpoint in ENDPOINTS' order."""
+    names = list(ENDPOINTS)
+    endpoint = where.removeprefix("s3/")
+    return 0 if where == "local" else 1 + (names.index(endpoint) if endpoint in names else len(names))
+
+
+def places(table: list[dict[str, Any]]) -> list[str]:
+    return sorted({r["where"] for r in table}, key=where_order)
 
 
 def is_default_sf(row: dict[str, Any]) -> bool:
@@ -711,9 +734,12 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 row["max_s3_written_bytes"] = max(r["s3_written_bytes"] for r in good)
             if "sf_output_via" in good[0]:
                 row["sf_output_via"] = good[0]["sf_output_via"]
+            for field in ("endpoint", "requests", "sf_refusals"):
+                if field in good[0]:
+                    row[field] = good[0][field]
         row["errors"] = sorted({r["error"] for r in rs if r["error"]})
         table.append(row)
-    table.sort(key=lambda r: (CASE_ORDER.get(r["case"], 1), WHERE_ORDER[r["where"]]))  # stable: engines keep order
+    table.sort(key=lambda r: (CASE_ORDER.get(r["case"], 1), where_order(r["where"])))  # stable: engines keep order
     for row in table:  # streamfilter's wall time over the faster of the others, same place and case
         if row["kind"] == "streamfilter" and "median_wall_s" in row:
             same = anchors_of(table, row, "median_wall_s")
@@ -734,7 +760,7 @@ def targets(table: list[dict[str, Any]], big_case: str, bound: dict[str, int] | 
         return min(same, key=lambda o: o["median_wall_s"]) if same else None
 
     out = []
-    for where in ("local", "s3"):
+    for where in places(table):
         row = find(where, "dense")
         anchor = row and "median_wall_s" in row and fastest(row)
         if row and anchor:
@@ -749,34 +775,37 @@ def targets(table: list[dict[str, Any]], big_case: str, bound: dict[str, int] | 
                     "pass": ratio <= TARGET_DENSE_WALL_RATIO,
                 }
             )
-    row = find("s3", "sparse")
-    if row and bound and "max_s3_read_bytes" in row:
-        ratio = row["max_s3_read_bytes"] / bound["total"]
-        out.append(
-            {
-                "target": f"sparse, s3: bytes read at the endpoint <= {TARGET_SPARSE_BYTES_RATIO}x "
-                "(key column chunks + footers of all shards + the shards with hits)",
-                "value": f"{ratio:.3f}x ({row['max_s3_read_bytes'] / MIB:.1f} MiB, the most of "
-                f"{row['ok_runs']} runs, vs {bound['total'] / MIB:.1f} MiB = {bound['key_chunks'] / MIB:.1f} key "
-                f"chunks + {bound['footers'] / MIB:.2f} footers + {bound['hit_shards'] / MIB:.1f} hit shards)",
-                "pass": ratio <= TARGET_SPARSE_BYTES_RATIO,
-            }
-        )
-    elif row:
-        out.append({"target": "sparse, s3: bytes read at the endpoint", "value": "not measured", "pass": False})
-    anchor = row and "median_wall_s" in row and fastest(row)
-    if row and anchor:
-        speedup = anchor["median_wall_s"] / row["median_wall_s"]
-        out.append(
-            {
-                "target": f"sparse, s3: wall time >= {TARGET_SPARSE_SPEEDUP:g}x faster than the faster of "
-                "DuckDB and Polars",
-                "value": f"{speedup:.2f}x ({row['median_wall_s']:.2f} s vs {anchor['engine']} "
-                f"{anchor['median_wall_s']:.2f} s, medians; best runs: "
-                f"{1 / row['min_wall_ratio']:.2f}x)",
-                "pass": speedup >= TARGET_SPARSE_SPEEDUP,
-            }
-        )
+    for where in [p for p in places(table) if p != "local"]:
+        row = find(where, "sparse")
+        if row and bound and "max_s3_read_bytes" in row:
+            ratio = row["max_s3_read_bytes"] / bound["total"]
+            out.append(
+                {
+                    "target": f"sparse, {where}: bytes read at the endpoint <= {TARGET_SPARSE_BYTES_RATIO}x "
+                    "(key column chunks + footers of all shards + the shards with hits)",
+                    "value": f"{ratio:.3f}x ({row['max_s3_read_bytes'] / MIB:.1f} MiB, the most of "
+                    f"{row['ok_runs']} runs, vs {bound['total'] / MIB:.1f} MiB = {bound['key_chunks'] / MIB:.1f} key "
+                    f"chunks + {bound['footers'] / MIB:.2f} footers + {bound['hit_shards'] / MIB:.1f} hit shards)",
+                    "pass": ratio <= TARGET_SPARSE_BYTES_RATIO,
+                }
+            )
+        elif row:
+            out.append(
+                {"target": f"sparse, {where}: bytes read at the endpoint", "value": "not measured", "pass": False}
+            )
+        anchor = row and "median_wall_s" in row and fastest(row)
+        if row and anchor:
+            speedup = anchor["median_wall_s"] / row["median_wall_s"]
+            out.append(
+                {
+                    "target": f"sparse, {where}: wall time >= {TARGET_SPARSE_SPEEDUP:g}x faster than the faster of "
+                    "DuckDB and Polars",
+                    "value": f"{speedup:.2f}x ({row['median_wall_s']:.2f} s vs {anchor['engine']} "
+                    f"{anchor['median_wall_s']:.2f} s, medians; best runs: "
+                    f"{1 / row['min_wall_ratio']:.2f}x)",
+                    "pass": speedup >= TARGET_SPARSE_SPEEDUP,
+                }
+            )
     for row in table:
         if not is_default_sf(row) or "peak_rss_mib" not in row:
             continue
@@ -793,7 +822,7 @@ def targets(table: list[dict[str, Any]], big_case: str, bound: dict[str, int] | 
                 "pass": row["peak_rss_mib"] <= lowest["peak_rss_mib"],
             }
         )
-    for where in ("local", "s3"):
+    for where in places(table):
         row = find(where, "dense")
         if row and "peak_rss_mib" in row:
             out.append(
@@ -884,6 +913,72 @@ def mib(value: float | None) -> str:
     return "n/a" if value is None else f"{value / MIB:.1f}"
 
 
+def client_costs() -> dict[str, Any]:
+    """Per-request and per-MiB client CPU of each S3 client, as endpoints.py last measured them."""
+    try:
+        return json.loads((RESULTS / "endpoints.json").read_text()).get("clients") or {}
+    except (OSError, ValueError):
+        return {}
+
+
+def price(mix: dict[str, dict[str, int]], cost: dict[str, Any]) -> float:
+    """Client CPU seconds a request mix would cost with one client: GETs at its per-request plus per-MiB
+    cost, written bytes at its 8 MiB PUT's cost per MiB, every other request at the per-request cost."""
+    seconds = 0.0
+    put_per_mib = cost["put_8m"]["cpu_ms_per_request"] / 8
+    for op, m in mix.items():
+        if op.startswith("GetObject"):
+            seconds += m["requests"] * cost["get_ms_per_request"] + m["bytes_out"] / MIB * cost["get_ms_per_mib"]
+        elif op in ("UploadPart", "PutObject"):
+            seconds += m["bytes_in"] / MIB * put_per_mib + m["requests"] * cost["get_ms_per_request"]
+        else:
+            seconds += m["requests"] * cost["get_ms_per_request"]
+    return seconds / 1000
+
+
+def render_requests(report: dict[str, Any]) -> list[str]:
+    """Each S3 row's request mix (from the server's own log) and, for streamfilter, what its S3 client
+    costs on that mix with aiobotocore against a leaner client, priced with endpoints.py's figures."""
+    rows = [r for r in report["table"] if r.get("requests")]
+    if not rows:
+        return []
+    costs = report.get("client_costs") or {}
+    lean = [c for c in ("obstore", "pyarrow.fs") if "get_ms_per_request" in costs.get(c, {})]
+    lines = [
+        "",
+        "## S3 request mix and client CPU",
+        "",
+        "Requests by operation, from the server's request log (one run); 'client CPU priced' is the mix "
+        "multiplied by the per-request and per-MiB client CPU that `benchmarks/endpoints.py` measured for each "
+        "client on the same endpoint (an estimate of the S3 client's share, not a run with another client); "
+        "'cut' is aiobotocore's price less the leaner client's, over streamfilter's whole CPU time of the run.",
+        "",
+        "| engine | where | case | requests | GET MiB | PUT MiB | CPU s | client CPU priced s: aiobotocore"
+        + "".join(f" / {c}" for c in lean)
+        + " | cut ÷ run CPU |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | --- | --- |",
+    ]
+    for r in rows:
+        mix = r["requests"]
+        shown = ", ".join(f"{op} {m['requests']}" for op, m in sorted(mix.items(), key=lambda kv: -kv[1]["requests"]))
+        got = sum(m["bytes_out"] for op, m in mix.items() if op.startswith("GetObject")) / MIB
+        put = sum(m["bytes_in"] for m in mix.values()) / MIB
+        priced = cut = ""
+        if r["kind"] == "streamfilter" and "get_ms_per_request" in costs.get("aiobotocore", {}):
+            base = price(mix, costs["aiobotocore"])
+            others = [price(mix, costs[c]) for c in lean]
+            priced = " / ".join(f"{v:.2f}" for v in [base, *others])
+            cut = " / ".join(f"{(base - v) / r['median_cpu_s']:.0%}" for v in others)
+        lines.append(
+            f"| {r['engine']} | {r['where']} | {r['case']} | {shown} | {got:.0f} | {put:.0f} | "
+            f"{r['median_cpu_s']:.1f} | {priced} | {cut} |"
+        )
+    refusals = {(r["where"], r["case"]): r["sf_refusals"] for r in report["table"] if r.get("sf_refusals")}
+    for (where, case), said in refusals.items():
+        lines.append(f"\nstreamfilter on {where}, {case}, told the user: " + " / ".join(f"`{x[:200]}`" for x in said))
+    return lines
+
+
 def render(report: dict[str, Any]) -> str:
     p = report["parameters"]
     m = report["machine"]
@@ -916,9 +1011,10 @@ def render(report: dict[str, Any]) -> str:
             if p["only"] == "local"
             else "engines talk to moto directly (--no-proxy): no byte counts"
             if p["no_proxy"]
-            else "every engine through a byte-counting proxy in front of moto; read/written MiB are what "
+            else "every engine through a byte-counting proxy in front of the server; read/written MiB are what "
             "crossed it (server to engine, engine to server), medians"
         ),
+        *(f"- endpoint s3/{name}: {what}" for name, what in report.get("endpoints", {}).items()),
         "- local read MiB: streamfilter's own report (`bytes_read`, marked r); the others are not counted",
         f"- command: `{report['command']}`",
         "",
@@ -978,6 +1074,7 @@ def render(report: dict[str, Any]) -> str:
                 f"| {row['engine']} | {row['where']} | {shown} | {of_bound} | {of_data} | "
                 f"{mib(row.get('median_s3_written_bytes'))} | {ways} | {row['identical_clean']}/{clean} |"
             )
+    lines += render_requests(report)
     lines += ["", "## Targets", ""]
     for t in report["targets"]:
         lines.append(f"- **{'PASS' if t['pass'] else 'FAIL'}** {t['target']}: {t['value']}")
@@ -1008,7 +1105,8 @@ def describe(concurrency: int, startup: dict[str, float], proxied: bool, warmups
         "Peak RSS is ru_maxrss of the engine process, taken by a small wrapper process that spawns it (a "
         "child spawned by the harness itself would inherit the harness's high-water mark across exec). "
         "CPU s is user + system time.",
-        "S3: a moto server on 127.0.0.1 in its own process, started and stopped here; inputs uploaded once, "
+        "S3: each endpoint (s3/NAME rows, see above) on 127.0.0.1 in its own process, started and stopped "
+        "here, one after the other; inputs uploaded once, "
         "outputs deleted after each run's check; the blocklist stays a local file. The server shares the 2 "
         "cores with the engine ('+N server' is its CPU time during the run), so S3 rows measure the engines' "
         "S3 paths against a loopback server, not a real network.",
@@ -1020,7 +1118,7 @@ def describe(concurrency: int, startup: dict[str, float], proxied: bool, warmups
     if proxied:
         notes.append(
             "Bytes at the endpoint: every engine's S3 endpoint is a counting TCP proxy (threads of the harness, "
-            "loopback only) in front of moto; 'read' is every byte the server sent the engine, 'written' every "
+            "loopback only) in front of the server; 'read' is every byte the server sent the engine, 'written' every "
             "byte the engine sent the server, HTTP headers, listings and receipts included; server-side copies "
             "(CopyObject) move no bytes through it. '+N proxy' is the proxy's CPU time during the run, on the "
             "same 2 cores. S3 figures of results before the proxy was added (2026-11-26 and earlier) had no "
@@ -1063,7 +1161,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--only", choices=["local", "s3"], help="run only the local or only the S3 comparison")
     ap.add_argument("--engines", default="streamfilter,duckdb,polars", help="comma-separated subset")
     ap.add_argument("--big-factor", type=int, default=4, help="shard size multiplier of the memory check (0: skip)")
-    ap.add_argument("--no-proxy", action="store_true", help="engines talk to moto directly (no byte counts)")
+    ap.add_argument("--no-proxy", action="store_true", help="engines talk to the server directly (no byte counts)")
+    ap.add_argument(
+        "--endpoints",
+        default="s3rver,moto",
+        help="comma-separated S3 endpoints to run the S3 cases on, each in turn: " + ", ".join(ENDPOINTS),
+    )
     ap.add_argument(
         "--duckdb-s3-python", help=f"interpreter whose duckdb loads httpfs (default {SIDE_VENV}/bin/python)"
     )
@@ -1156,7 +1259,8 @@ def main(argv: list[str] | None = None) -> int:
         s3_engines = [e for e in local_engines if e["kind"] != "duckdb"]
         if s3_duckdb:
             s3_engines.insert(1, s3_duckdb)
-        bench.s3_phase([(c, data[c], for_case(s3_engines, c, "s3")) for c in cases])
+        for endpoint in args.endpoints.split(","):
+            bench.s3_phase([(c, data[c], for_case(s3_engines, c, "s3")) for c in cases], endpoint)
 
     facts = {case: case_facts(ds) for case, ds in data.items()}
     proxied = not args.no_proxy and args.only != "local"
@@ -1184,7 +1288,7 @@ def main(argv: list[str] | None = None) -> int:
                 "case, so their memory does not compare: the check means something only from "
                 f"{ROW_GROUP_SIZE:,} rows a shard up."
             )
-    s3_sf = [r for r in bench.runs if r["kind"] == "streamfilter" and r["where"] == "s3" and "sf_via_by_shard" in r]
+    s3_sf = [r for r in bench.runs if r["kind"] == "streamfilter" and r["where"] != "local" and "sf_via_by_shard" in r]
     copied_wrong = sorted(
         {
             f"{r['engine']} {r['case']} run {r['run']}"
@@ -1227,7 +1331,9 @@ def main(argv: list[str] | None = None) -> int:
         "table": table,
         "targets": targets(table, big_case, facts.get("sparse", {}).get("bound")),
         "notes": notes,
-        "server_rss_mib_at_end": getattr(bench, "server_rss_mib", None),
+        "server_rss_mib_at_end": bench.server_rss_mib,
+        "endpoints": {e: ENDPOINTS[e] for e in args.endpoints.split(",")} if args.only != "local" else {},
+        "client_costs": client_costs(),
         "runs": bench.runs,
         "seconds": time.perf_counter() - started,
     }
