@@ -1,0 +1,348 @@
+"""CLIP embedding sets: streamfilter against the straightforward anchor, and the targets of issue 17.
+
+Three measurements, each the median of ``--runs`` runs in fresh processes (harness.measure):
+
+- sparse, loopback S3: ``--sets`` sets (metadata Parquet, img_emb and text_emb .npy of float16 x
+  768), a few rows listed in 2 of them. Engines talk to moto through the counting proxy: bytes
+  through the client are what crosses it. The anchor loads each .npy with NumPy, masks it, saves
+  it and uploads it, and does the same for each metadata Parquet with pyarrow, 2 threads.
+  Targets: bytes through the client <= 3% of the input, wall >= 10x faster than the anchor.
+- dense, local: 5% of the rows of every set listed; streamfilter into a local folder against a
+  plain copy of the same folder (``cp -r``). Target: throughput >= 80% of the copy's.
+- memory: the dense local run with files 1x and 4x as long. Target: peak RSS flat.
+
+Usage: python benchmarks/embeddings.py [--sets 16] [--rows 16384] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from harness import ENV_AT_START, MIB, S3_KEY_ID, S3_REGION, S3_SECRET, CountingProxy, MotoServer, measure
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+DATA = HERE / "data" / "embeddings"
+RESULTS = HERE / "results"
+BUCKET = "bench-emb"
+DIM = 768
+HIT_SETS = (3, 11)  # sparse: the sets with listed rows
+HITS_PER_SET = 1  # as Re-LAION's 2,236 removals fall on LAION-2B-en's ~2,300 files a modality
+DENSE_SHARE = 0.05
+TARGET_MOVED, TARGET_SPEEDUP, TARGET_DENSE, TARGET_RSS_GROWTH = 0.03, 10.0, 0.80, 1.25
+
+
+def generate(root: Path, sets: int, rows: int) -> list[str]:
+    """The sets under ``root`` (kept between runs of the same size); returns every set's URLs."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from streamfilter.demo import laion_table
+
+    marker = root / "done.json"
+    if marker.exists() and json.loads(marker.read_text()) == {"sets": sets, "rows": rows, "version": 1}:
+        return json.loads((root / "urls.json").read_text())
+    shutil.rmtree(root, ignore_errors=True)
+    urls = []
+    for i in range(sets):
+        n = f"{i:04d}"
+        table = laion_table(rows, start=i * rows, seed=i)
+        urls.append(table["url"].to_pylist())
+        (root / "metadata").mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, root / "metadata" / f"metadata_{n}.parquet")
+        rng = np.random.default_rng(i)
+        for kind in ("img_emb", "text_emb"):
+            (root / kind).mkdir(exist_ok=True)
+            np.save(root / kind / f"{kind}_{n}.npy", rng.standard_normal((rows, DIM), np.float32).astype(np.float16))
+    (root / "urls.json").write_text(json.dumps(urls))
+    marker.write_text(json.dumps({"sets": sets, "rows": rows, "version": 1}))
+    return urls
+
+
+def sparse_list(urls: list[list[str]]) -> list[str]:
+    import random
+
+    rng = random.Random(17)
+    return [u for i in HIT_SETS for u in rng.sample(urls[i], HITS_PER_SET)]
+
+
+def dense_list(urls: list[list[str]]) -> list[str]:
+    import random
+
+    rng = random.Random(5)
+    return [u for set_urls in urls for u in rng.sample(set_urls, int(len(set_urls) * DENSE_SHARE))]
+
+
+def input_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.suffix in (".npy", ".parquet"))
+
+
+# --------------------------------------------------------------------------- the anchor (child side)
+
+
+def child_anchor(job: dict[str, Any]) -> None:
+    """Every file of every set: download, load, mask, save, upload; 2 sets at a time."""
+    import boto3
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    s3 = boto3.client("s3", endpoint_url=job["endpoint"])
+    listed = pa.array(sorted(json.loads(Path(job["blocklist_json"]).read_text())), pa.string())
+
+    def one(n: str) -> None:
+        get = lambda key: s3.get_object(Bucket=BUCKET, Key=f"in/{key}")["Body"].read()  # noqa: E731
+        table = pq.read_table(pa.BufferReader(get(f"metadata/metadata_{n}.parquet")))
+        keep = pc.invert(pc.is_in(table["url"], value_set=listed))
+        sink = pa.BufferOutputStream()
+        pq.write_table(table.filter(keep), sink)
+        s3.put_object(Bucket=BUCKET, Key=f"anchor/metadata/metadata_{n}.parquet", Body=sink.getvalue().to_pybytes())
+        mask = keep.to_numpy(zero_copy_only=False)
+        for kind in ("img_emb", "text_emb"):
+            array = np.load(io.BytesIO(get(f"{kind}/{kind}_{n}.npy")))
+            out = io.BytesIO()
+            np.save(out, array[mask])
+            s3.put_object(Bucket=BUCKET, Key=f"anchor/{kind}/{kind}_{n}.npy", Body=out.getvalue())
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(one, [f"{i:04d}" for i in range(job["sets"])]))
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def sf_command(inputs: str, output: str, blocklist: Path, report: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "streamfilter.cli", "run", inputs, "--output", output, "--format", "embeddings",
+            "--blocklist", str(blocklist), "--report", str(report), *extra]  # fmt: skip
+
+
+def s3_env(endpoint: str) -> dict[str, str]:
+    env = dict(ENV_AT_START)
+    env.update(AWS_ACCESS_KEY_ID=S3_KEY_ID, AWS_SECRET_ACCESS_KEY=S3_SECRET, AWS_DEFAULT_REGION=S3_REGION,
+               AWS_ENDPOINT_URL=endpoint, AWS_EC2_METADATA_DISABLED="true")  # fmt: skip
+    return env
+
+
+def timed(cmd: list[str], env: dict[str, str], tag: str) -> dict[str, Any]:
+    result = measure(cmd, env, DATA / "logs" / tag, timeout=1800, cwd=REPO)
+    if result["returncode"] != 0:
+        raise SystemExit(f"{tag} failed: {result['stderr_tail']}")
+    return result
+
+
+def sparse(args: argparse.Namespace, root: Path, urls: list[list[str]]) -> dict[str, Any]:
+    listed = sparse_list(urls)
+    blocklist = DATA / "sparse.txt"
+    blocklist.write_text("\n".join(listed) + "\n")
+    (DATA / "sparse.json").write_text(json.dumps(listed))
+    server = MotoServer(DATA / "logs" / "moto.log", BUCKET)
+    proxy = CountingProxy(server.port)
+    try:
+        server.client.create_bucket(Bucket=BUCKET)
+        files = [p for p in root.rglob("*") if p.suffix in (".npy", ".parquet")]
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda p: server.client.upload_file(str(p), BUCKET, f"in/{p.relative_to(root)}"), files))
+        env = s3_env(proxy.endpoint)
+        rows: dict[str, list[dict[str, Any]]] = {"streamfilter": [], "anchor": []}
+        for run in range(args.runs):
+            for engine in rows:
+                server.delete_prefix("out/" if engine == "streamfilter" else "anchor/")
+                before = proxy.snapshot()
+                if engine == "streamfilter":
+                    report = DATA / f"sparse-{run}.json"
+                    cmd = sf_command(f"s3://{BUCKET}/in/", f"s3://{BUCKET}/out/", blocklist, report)
+                else:
+                    job = DATA / "anchor.json"
+                    job.write_text(json.dumps({"endpoint": proxy.endpoint, "sets": args.sets,
+                                               "blocklist_json": str(DATA / "sparse.json")}))  # fmt: skip
+                    cmd = [sys.executable, str(Path(__file__)), "--child-anchor", str(job)]
+                result = timed(cmd, env, f"sparse-{engine}-{run}")
+                proxy.quiesce()
+                after = proxy.snapshot()
+                result["moved_bytes"] = after["read"] + after["written"] - before["read"] - before["written"]
+                if engine == "streamfilter":
+                    result["output_via"] = sorted({s["output_via"] for s in json.loads(report.read_text())["shards"]})
+                rows[engine].append(result)
+                print(f"sparse {engine} run {run}: {result['wall_s']:.2f} s, {result['moved_bytes'] / MIB:.1f} MiB "
+                      "through the proxy", flush=True)  # fmt: skip
+        check_sparse(server, listed)
+    finally:
+        proxy.stop()
+        server.stop()
+    return {engine: summarize(r) for engine, r in rows.items()}
+
+
+def check_sparse(server: MotoServer, listed: list[str]) -> None:
+    """streamfilter's outputs of the hit sets equal the anchor's (NumPy boolean indexing), byte for byte
+    after the header; the clean sets' outputs equal their inputs."""
+    import numpy as np
+
+    for i in HIT_SETS:
+        for kind in ("img_emb", "text_emb"):
+            key = f"{kind}/{kind}_{i:04d}.npy"
+            ours = np.load(io.BytesIO(server.get(f"out/{key}")))
+            theirs = np.load(io.BytesIO(server.get(f"anchor/{key}")))
+            assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs), key
+            assert len(ours) == len(np.load(io.BytesIO(server.get(f"in/{key}")), mmap_mode=None)) - HITS_PER_SET
+    # moto's CopyObject keeps the source's multipart checksum, which botocore would check as a whole-object one.
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.client("s3", endpoint_url=server.endpoint, aws_access_key_id=S3_KEY_ID,
+                          aws_secret_access_key=S3_SECRET, region_name=S3_REGION,
+                          config=Config(response_checksum_validation="when_required"))  # fmt: skip
+    get = lambda key: client.get_object(Bucket=BUCKET, Key=key)["Body"].read()  # noqa: E731
+    assert get("out/img_emb/img_emb_0000.npy") == get("in/img_emb/img_emb_0000.npy")
+
+
+def dense(args: argparse.Namespace, root: Path, urls: list[list[str]], tag: str, runs: int) -> dict[str, Any]:
+    blocklist = DATA / f"dense-{tag}.txt"
+    blocklist.write_text("\n".join(dense_list(urls)) + "\n")
+    rows: dict[str, list[dict[str, Any]]] = {"streamfilter": [], "copy": []}
+    out = DATA / f"out-{tag}"
+    for run in range(runs):
+        for engine in rows:
+            shutil.rmtree(out, ignore_errors=True)
+            if engine == "streamfilter":
+                cmd = sf_command(str(root), str(out), blocklist, DATA / f"dense-{tag}-{run}.json")
+            else:
+                cmd = ["cp", "-r", str(root), str(out)]
+            subprocess.run(["sync"], check=False)
+            result = timed(cmd, dict(ENV_AT_START), f"dense-{tag}-{engine}-{run}")
+            rows[engine].append(result)
+            print(f"dense {tag} {engine} run {run}: {result['wall_s']:.2f} s, peak {result['peak_rss_mib']:.0f} MiB",
+                  flush=True)  # fmt: skip
+    shutil.rmtree(out, ignore_errors=True)
+    return {engine: summarize(r) for engine, r in rows.items()}
+
+
+def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
+    med = lambda field: statistics.median(r[field] for r in results)  # noqa: E731
+    out = {"runs": len(results), "wall_s": med("wall_s"), "cpu_s": med("cpu_s"), "peak_rss_mib": med("peak_rss_mib"),
+           "walls": [round(r["wall_s"], 2) for r in results]}  # fmt: skip
+    if "moved_bytes" in results[0]:
+        out["moved_bytes"] = med("moved_bytes")
+    if "output_via" in results[0]:
+        out["output_via"] = results[0]["output_via"]
+    return out
+
+
+# --------------------------------------------------------------------------- report
+
+
+def machine() -> dict[str, Any]:
+    import platform
+
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "?")
+    return {"nproc": os.cpu_count(), "cpu": cpu, "kernel": platform.release(), "python": platform.python_version(),
+            "loadavg_before": os.getloadavg()}  # fmt: skip
+
+
+def render(r: dict[str, Any]) -> str:
+    sp, de, mem = r["sparse"], r["dense"], r["memory"]
+    moved = sp["streamfilter"]["moved_bytes"] / r["input_bytes"]
+    speedup = sp["anchor"]["wall_s"] / sp["streamfilter"]["wall_s"]
+    dense_ratio = de["copy"]["wall_s"] / de["streamfilter"]["wall_s"]
+    growth = mem["4x"]["streamfilter"]["peak_rss_mib"] / mem["1x"]["streamfilter"]["peak_rss_mib"]
+    ok = lambda flag: "met" if flag else "NOT met"  # noqa: E731
+    lines = [
+        "# Embedding sets benchmark (benchmarks/embeddings.py)",
+        "",
+        f"{r['date']}; {r['machine']['nproc']} CPUs ({r['machine']['cpu']}), load average before "
+        f"{', '.join(f'{x:.2f}' for x in r['machine']['loadavg_before'])}; medians of {r['runs']} runs.",
+        f"{r['sets']} sets of {r['rows']:,} rows: metadata Parquet + img_emb + text_emb (float16 x {DIM}); "
+        f"input {r['input_bytes'] / MIB:,.0f} MiB.",
+        "",
+        "| case | engine | median wall s | runs (s) | CPU s | peak RSS MiB | through the client MiB |",
+        "| --- | --- | ---: | --- | ---: | ---: | ---: |",
+    ]
+    for case, engines in (("sparse S3", sp), ("dense local", de), ("dense local 1x", mem["1x"]),
+                          ("dense local 4x", mem["4x"])):  # fmt: skip
+        for engine, s in engines.items():
+            through = f"{s['moved_bytes'] / MIB:,.1f}" if "moved_bytes" in s else ""
+            lines.append(f"| {case} | {engine} | {s['wall_s']:.2f} | {s['walls']} | {s['cpu_s']:.1f} | "
+                         f"{s['peak_rss_mib']:.0f} | {through} |")  # fmt: skip
+    lines += [
+        "",
+        f"- sparse, bytes through the client: {moved:.2%} of the input (target <= {TARGET_MOVED:.0%}): "
+        f"{ok(moved <= TARGET_MOVED)}; outputs via {sp['streamfilter'].get('output_via')}",
+        f"- sparse, anchor wall / streamfilter wall: {speedup:.1f}x (target >= {TARGET_SPEEDUP:.0f}x): "
+        f"{ok(speedup >= TARGET_SPEEDUP)}",
+        f"- dense local, throughput against cp -r: {dense_ratio:.0%} (target >= {TARGET_DENSE:.0%}): "
+        f"{ok(dense_ratio >= TARGET_DENSE)}",
+        f"- peak RSS with files 4x as long: {growth:.2f}x the 1x run's (target: flat, <= {TARGET_RSS_GROWTH}x): "
+        f"{ok(growth <= TARGET_RSS_GROWTH)}",
+        "",
+        r["projection"],
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def projection(r: dict[str, Any]) -> str:
+    """LAION-2B-en's embeddings from the measured costs: per byte through the client, per set."""
+    sp, de = r["sparse"]["streamfilter"], r["dense"]["streamfilter"]
+    rows, row_bytes, files = 2.3e9, DIM * 2, 2314
+    total = rows * row_bytes * 2
+    per_byte = de["wall_s"] / r["input_bytes"]  # dense local: seconds per input byte streamed and cut
+    per_set = sp["wall_s"] / r["sets"]  # sparse S3: seconds per set (scan, copies, assembly requests)
+    moved_hit = 2 * 5 * MIB  # a hit set's two .npy: one 5 MiB header piece each (cuts far apart)
+    dense_s = total * per_byte
+    return (
+        f"Projection to LAION-2B-en ({rows:.1e} rows x {DIM} float16, 2 modalities = {total / 1e12:.2f} TB of "
+        f"vectors in ~{files} files a modality), from these costs on this machine: sparse (every set with a "
+        f"hit, as Re-LAION's 2,236 removals would be) ~{files * per_set / 3600:.1f} h at {per_set:.2f} s a set "
+        f"and ~{files * moved_hit / 1e9:.0f} GB through the client; dense (5% of every set) "
+        f"~{dense_s / 3600:.1f} h at {1 / per_byte / MIB:.0f} MiB/s. Loopback moto's per-request costs stand in "
+        "for a real endpoint's; a real one adds latency per request and its own copy bandwidth."
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sets", type=int, default=16)
+    parser.add_argument("--rows", type=int, default=16384, help="rows a set (16384: 24 MiB a .npy)")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--child-anchor", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child_anchor:
+        child_anchor(json.loads(Path(args.child_anchor).read_text()))
+        return 0
+    (DATA / "logs").mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    result: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "runs": args.runs,
+                              "sets": args.sets, "rows": args.rows}  # fmt: skip
+    root = DATA / "sets"
+    urls = generate(root, args.sets, args.rows)
+    result["input_bytes"] = input_bytes(root)
+    result["sparse"] = sparse(args, root, urls)
+    result["dense"] = dense(args, root, urls, "main", args.runs)
+    small, large = DATA / "mem-1x", DATA / "mem-4x"
+    mem_sets = 4
+    result["memory"] = {
+        "1x": dense(args, small, generate(small, mem_sets, args.rows), "1x", args.runs),
+        "4x": dense(args, large, generate(large, mem_sets, args.rows * 4), "4x", args.runs),
+    }
+    result["projection"] = projection(result)
+    result["seconds"] = round(time.time() - started, 1)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "embeddings.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / "embeddings.md").write_text(render(result))
+    print(render(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
