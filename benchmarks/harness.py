@@ -343,7 +343,7 @@ def request_mix(requests: list[dict[str, Any]]) -> dict[str, Any]:
             op += f" ({r['s']})"  # refused or failed: 501 NotImplemented, 404, ...
         entry = mix.setdefault(op, {"requests": 0, "bytes_out": 0, "bytes_in": 0})
         entry["requests"] += 1
-        entry["bytes_out"] += int(r.get("out") or 0)
+        entry["bytes_out"] += 0 if method == "HEAD" else int(r.get("out") or 0)  # a HEAD's length has no body
         entry["bytes_in"] += int(r.get("in") or 0)
     return mix
 

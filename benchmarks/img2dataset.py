@@ -11,8 +11,8 @@ sample plus a few failed downloads: url, caption, key, status, error_message, wi
 height) and ``00000_stats.json``. The blocklist holds 500 urls, all of them in 2 of
 the 64 sets (about 3%), a few of them failed downloads; the other sets have no hit.
 
-The sets are uploaded to a moto S3 server on 127.0.0.1 (its own process, started and
-stopped here). Every engine talks to it through a counting TCP proxy (threads of this
+The sets are uploaded to an S3 server on 127.0.0.1 (``--endpoint``: s3rver by default, or
+moto; its own process, started and stopped here). Every engine talks to it through a counting TCP proxy (threads of this
 harness), which counts the bytes it reads (server to engine) and writes (engine to
 server), HTTP framing included; the harness's own uploads and checks bypass the proxy.
 Engines, each a fresh subprocess, interleaved, ``--runs`` timed runs each (medians),
@@ -68,14 +68,13 @@ from pathlib import Path
 from typing import Any
 
 from harness import (  # a sibling module
+    ENDPOINTS,
     ENV_AT_START,
     MIB,
-    S3_KEY_ID,
     S3_REGION,
-    S3_SECRET,
     CountingProxy,
-    MotoServer,
     measure,
+    start_server,
     streamfilter_report,
 )
 
@@ -91,7 +90,7 @@ KEYS = 500  # listed urls
 HIT_SETS = 2  # sets holding them: 2 of 64 is about 3%
 LISTED_FAILED = 4  # of each hit set's listed urls, how many are failed downloads
 SEED = 6
-DATA_VERSION = 1  # bump when the generator changes, so cached data is regenerated
+DATA_VERSION = 2  # bump when the generator changes, so cached data is regenerated
 
 BUCKET = "bench-i2d"
 
@@ -177,7 +176,8 @@ def generate(sets: int) -> dict[str, Any]:
         stats = {
             "count": n, "successes": SAMPLES, "failed_to_download": FAILED, "failed_to_resize": 0,
             "duration": 31.4, "start_time": 1700000000.0 + s, "end_time": 1700000031.4 + s,
-            "status_dict": {"success": SAMPLES, "failed_to_download": FAILED},
+            # As img2dataset writes it: successes under "success", failures under their error message.
+            "status_dict": {"success": SAMPLES, "HTTP Error 404: Not Found": FAILED},
         }  # fmt: skip
         (root / f"{name}_stats.json").write_text(json.dumps(stats, indent=4))
         if s in hit_sets:
@@ -232,8 +232,8 @@ def expectations(meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
         stats["count"] -= removed.num_rows
         stats["successes"] -= statuses.get("success", 0)
         stats["failed_to_download"] -= statuses.get("failed_to_download", 0)
-        for status, n in statuses.items():
-            stats["status_dict"][status] -= n
+        for key, n in status_dict_keys(removed).items():
+            stats["status_dict"][key] -= n
         out[name] = {
             "names": kept_names,
             "members_removed": len(names) - len(kept_names),
@@ -242,6 +242,15 @@ def expectations(meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "stats": stats,
         }
     return out
+
+
+def status_dict_keys(removed: Any) -> Counter:
+    """How many removed rows had each ``status_dict`` key: img2dataset counts a success under
+    ``success`` and a failure under its error message."""
+    return Counter(
+        "success" if status == "success" else (message or status)
+        for status, message in zip(removed["status"].to_pylist(), removed["error_message"].to_pylist(), strict=True)
+    )
 
 
 def read_list(path: Path) -> list[str]:
@@ -289,9 +298,9 @@ def child_anchor(job: dict[str, Any]) -> None:
         stats["count"] -= removed.num_rows
         stats["successes"] -= statuses.get("success", 0)
         stats["failed_to_download"] -= statuses.get("failed_to_download", 0)
-        for status, n in statuses.items():
-            if status in stats.get("status_dict", {}):
-                stats["status_dict"][status] -= n
+        for key, n in status_dict_keys(removed).items():
+            if key in stats.get("status_dict", {}):
+                stats["status_dict"][key] -= n
         s3.put_object(Bucket=bucket, Key=f"{dst}{name}_stats.json", Body=json.dumps(stats, indent=4).encode())
 
 
@@ -343,14 +352,14 @@ class Bench:
         self.env = dict(ENV_AT_START)
         for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
             self.env.pop(name, None)
+        self.server = start_server(args.endpoint, DATA / f"{args.endpoint}.log", BUCKET, DATA)
         self.env.update(
-            AWS_ACCESS_KEY_ID=S3_KEY_ID,
-            AWS_SECRET_ACCESS_KEY=S3_SECRET,
+            AWS_ACCESS_KEY_ID=self.server.key_id,
+            AWS_SECRET_ACCESS_KEY=self.server.secret,
             AWS_DEFAULT_REGION=S3_REGION,
             AWS_REGION=S3_REGION,
             AWS_EC2_METADATA_DISABLED="true",
         )
-        self.server = MotoServer(DATA / "moto.log", BUCKET)
         self.proxy = CountingProxy(self.server.port)
 
     def close(self) -> None:
@@ -359,8 +368,7 @@ class Bench:
 
     def upload(self) -> float:
         """The inputs go to the server directly (not through the proxy), in parallel."""
-        start = time.perf_counter()
-        self.server.client.create_bucket(Bucket=BUCKET)
+        start = time.perf_counter()  # the bucket was made when the server started
 
         def put(name: str) -> None:
             self.server.client.put_object(Bucket=BUCKET, Key=f"in/{name}", Body=(self.root / name).read_bytes())
@@ -414,6 +422,10 @@ class Bench:
         )
         if engine == "streamfilter":
             result.update(set_report(self.logs / f"{tag}.report.json"))
+            # What it told the user about the endpoint's refusals (its fallbacks), once each.
+            err = Path(f"{self.logs / tag}.err").read_text(errors="replace").splitlines()
+            said = [line.strip() for line in err if "refus" in line.lower() or "not implemented" in line.lower()]
+            result["sf_refusals"] = list(dict.fromkeys(said))[:4]
         if result["returncode"] != 0:
             result["error"] = f"exit {result['returncode']}: " + " | ".join(result["stderr_tail"])[-600:]
         elif engine == "copy-floor":
@@ -609,16 +621,19 @@ def render(report: dict[str, Any]) -> str:
     lines = [
         f"# Sparse img2dataset case ({report['date']})",
         "",
-        f"`python benchmarks/img2dataset.py --sets {p['sets']} --runs {p['runs']}`: {p['sets']} shard sets"
+        f"`python benchmarks/img2dataset.py --sets {p['sets']} --runs {p['runs']} --endpoint {p['endpoint']}`:"
+        f" {p['sets']} shard sets"
         f" ({SAMPLES} samples + {FAILED} failed downloads each, tars of {d['min_tar_bytes'] / MIB:.1f} MiB and"
         f" more), {d['input_bytes'] / MIB:,.0f} MiB in all; a {d['listed']}-url blocklist whose urls all sit in"
-        f" {len(d['hit_sets'])} sets ({', '.join(d['hit_sets'])}). Moto S3 on loopback behind a counting proxy;"
+        f" {len(d['hit_sets'])} sets ({', '.join(d['hit_sets'])}). S3: {p['endpoint']} on loopback"
+        f" ({ENDPOINTS.get(p['endpoint'], '')}) behind a counting proxy; 1-minute load average"
+        f" {report['load'][0]:.2f} at start, {report['load'][1]:.2f} at end;"
         f" median of {p['runs']} verified runs per engine, each a fresh process.",
         "",
         f"Machine: {m['nproc']} cores ({m['cpu']}), {m['ram_gib']} GiB RAM, Python {m['python']}; "
         + ", ".join(f"{k} {val}" for k, val in v.items()),
         "",
-        "| engine | runs ok | median wall s | min-max s | CPU s | moto CPU s | proxy CPU s | peak RSS MiB"
+        "| engine | runs ok | median wall s | min-max s | CPU s | server CPU s | proxy CPU s | peak RSS MiB"
         " | read MiB | written MiB | read % of input | written % of input | moved % of input | anchor ÷ engine |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
@@ -644,8 +659,8 @@ def render(report: dict[str, Any]) -> str:
     if "wall_s" in floor and anchor_wall:
         lines.append(
             f"- (context, not judged) the reference issues only the {floor.get('copies', '?')} CopyObjects of the"
-            f" clean sets, 3 at a time, through the same proxy: {floor['wall_s']:.2f} s, with moto using"
-            f" {floor['server_cpu_s']:.1f} s of CPU to duplicate the bytes. An engine that server-copies the clean"
+            f" clean sets, 3 at a time, through the same proxy: {floor['wall_s']:.2f} s, with the server using"
+            f" {floor['server_cpu_s']:.1f} s of CPU for them. An engine that server-copies the clean"
             f" sets at that concurrency on this endpoint is at most {anchor_wall / floor['wall_s']:.1f}x faster than"
             " the anchor."
         )
@@ -658,6 +673,9 @@ def render(report: dict[str, Any]) -> str:
             f" (written counts server-side copies too); clean tars byte-identical to their inputs:"
             f" {sf['identical_clean']} of {p['sets'] - len(d['hit_sets'])}.",
         ]
+    said = next((r["sf_refusals"] for r in report["runs"] if r.get("sf_refusals")), [])
+    if said:
+        lines.append("streamfilter told the user: " + " / ".join(f"`{x[:240]}`" for x in said))
     failed = [r for r in report["runs"] if r.get("error")]
     for r in failed:
         lines.append(f"- run {r['engine']} {r['run']} failed: {r['error']}")
@@ -676,6 +694,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--results", default="img2dataset", help="results/NAME.md and .json (default img2dataset)")
     ap.add_argument("--streamfilter-args", default="", help="extra streamfilter flags, e.g. '--concurrency 4'")
     ap.add_argument("--timeout", type=float, default=900, help="a run is killed after this many seconds")
+    ap.add_argument("--endpoint", default="s3rver", help="the S3 endpoint: " + ", ".join(ENDPOINTS))
     ap.add_argument("--child-anchor", metavar="JOB", help=argparse.SUPPRESS)
     ap.add_argument("--child-copy-floor", metavar="JOB", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
@@ -697,9 +716,13 @@ def main(argv: list[str] | None = None) -> int:
     meta = generate(args.sets)
     print(f"{args.sets} sets, {meta['input_bytes'] / MIB:,.0f} MiB, {meta['listed']} listed urls in sets"
           f" {', '.join(meta['hit_sets'])}", flush=True)  # fmt: skip
+    load_start = os.getloadavg()[0]
     bench = Bench(args, meta)
     try:
-        print(f"uploaded to moto in {bench.upload():.1f} s; engines go through {bench.proxy.endpoint}", flush=True)
+        print(
+            f"uploaded to {args.endpoint} in {bench.upload():.1f} s; engines go through {bench.proxy.endpoint}",
+            flush=True,
+        )
         for i in range(args.warmup):
             bench.runs.append(bench.run_once("streamfilter", f"warmup{i}"))
         # Interleaved, so that load drifts on this shared machine hit both engines alike.
@@ -714,6 +737,7 @@ def main(argv: list[str] | None = None) -> int:
         "params": {
             "sets": args.sets,
             "runs": args.runs,
+            "endpoint": args.endpoint,
             "warmup": args.warmup,
             "streamfilter_args": args.streamfilter_args,
             "samples": SAMPLES,
@@ -727,14 +751,15 @@ def main(argv: list[str] | None = None) -> int:
         "versions": versions(),
         "data": {k: meta[k] for k in ("hit_sets", "listed", "input_bytes", "tar_bytes", "min_tar_bytes")},
         "summary": summary,
+        "load": [load_start, os.getloadavg()[0]],
         "targets": targets(summary),
         "runs": bench.runs,
         "notes": [
             *bench.notes,
-            "Bytes are counted at a TCP proxy in front of moto (HTTP framing included); server-side copies"
+            f"Bytes are counted at a TCP proxy in front of {args.endpoint} (HTTP framing included); server-side copies"
             " (CopyObject, UploadPartCopy) move no object bytes through it. 'moved' = read + written.",
             "Peak RSS is ru_maxrss of the engine process (a small wrapper spawns it and waits for it).",
-            "moto and the proxy share the 2 cores with the engine; their CPU seconds are given per run.",
+            "The server and the proxy share the 2 cores with the engine; their CPU seconds are given per run.",
             f"Total benchmark time {time.perf_counter() - started:.0f} s (generation, upload and checks included).",
         ],
     }
