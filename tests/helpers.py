@@ -165,6 +165,8 @@ REPORT_SHARD_FIELDS = {
     "output_via",
     "earlier_bytes_written",
     "abandoned_uploads",
+    "removed_by",
+    "kept_by",
 }
 
 
