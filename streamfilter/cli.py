@@ -1,4 +1,6 @@
-"""Command-line parsing only: flags and TOML become a JobSpec, handed to the engine."""
+"""The command line: flags and TOML become a spec, handed to the module that runs the command
+(``runner``, ``verify``, ``status``, ``sets.build``, ``diff``, the demos); what it returns is printed
+as lines, a failure as one line and an exit code. No store is opened and no work is done here."""
 
 from __future__ import annotations
 
@@ -17,9 +19,8 @@ from ._version import __version__
 from .errors import StreamfilterError, UsageError, redact_text, redact_uri
 from .formats import FORMATS
 from .keys import KEY_HASHES, LIST_ENTRIES, NORMALIZATIONS
-from .ledger import Report
 from .progress import Progress
-from .spec import DEFAULT_CONCURRENCY, JobSpec, build_spec, load_config
+from .spec import DEFAULT_CONCURRENCY, build_spec, load_config
 
 log = logging.getLogger("streamfilter")
 
@@ -291,7 +292,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     spec = build_spec(_options(args))
-    report = anyio.run(_run_until_signalled, spec, args.verbose)
+    from .runner import run_until_signalled
+
+    report = anyio.run(run_until_signalled, spec, args.verbose)
     if spec.log_format == "json":
         print(json.dumps({"event": "run", **report.totals, "interrupted": report.interrupted}))
     else:
@@ -341,26 +344,21 @@ def _cause(raised: BaseException) -> BaseException:
 
 def _filter_command(args: argparse.Namespace) -> int:
     from .keys import KeySpec
-    from .sets.build import build_filter, inspect_file
-    from .store import StoreOptions, Stores, expand_header
+    from .sets.build import build_filter_file, inspect_file_at
 
-    options = StoreOptions(args.s3_endpoint_url, dict(expand_header(h) for h in args.http_header or []))
-
-    async def go() -> str:
-        stores = Stores(options)
-        try:
-            if args.command == "inspect":
-                return await inspect_file(args.file, stores)
-            spec = KeySpec.from_options(vars(args))
-            header = await build_filter(args.sources, spec, stores, out=args.out, kind=args.kind, fpr=args.fpr)
-            from .sets.filterfile import describe
-
-            return f"wrote {redact_uri(args.out)}\n{describe(header)}"
-        finally:
-            await stores.aclose()
-
-    print(anyio.run(go))
+    stores = _store_options(args)
+    if args.command == "inspect":
+        print(anyio.run(inspect_file_at, args.file, stores))
+    else:
+        spec = KeySpec.from_options(vars(args))
+        print(anyio.run(lambda: build_filter_file(args.sources, spec, stores, args.out, args.kind, args.fpr)))
     return 0
+
+
+def _store_options(args: argparse.Namespace) -> Any:
+    from .store import StoreOptions, expand_header
+
+    return StoreOptions(args.s3_endpoint_url, dict(expand_header(h) for h in args.http_header or []))
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -379,22 +377,10 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .status import job_status
-    from .store import StoreOptions, Stores, expand_header
+    from .status import report_status
 
-    options = StoreOptions(args.s3_endpoint_url, dict(expand_header(h) for h in args.http_header or []))
-
-    async def status() -> dict:
-        stores = Stores(options)
-        try:
-            result = await job_status(args.output, args.inputs, stores)
-            if args.report:
-                await stores.for_uri(args.report).put(args.report, (json.dumps(result, indent=2) + "\n").encode())
-            return result
-        finally:
-            await stores.aclose()
-
-    result = anyio.run(status)
+    stores = _store_options(args)
+    result = anyio.run(report_status, args.output, args.inputs, stores, args.report)
     for failure in result["failed"][:20]:
         print(f"failed {failure['shard']}: {failure['error']}", file=sys.stderr)
     problems = {p["shard"]: p["problem"] for p in result["outputs_not_as_recorded"]}
@@ -407,48 +393,6 @@ def _report(args: argparse.Namespace) -> int:
         f"({t['workers_reporting']} worker reports); removed {t['rows_removed']:,} of {t['rows_in']:,} rows"
     )
     return 0 if result["complete"] else 1
-
-
-async def _run_until_signalled(spec: JobSpec, verbose: bool) -> Report:
-    """Run the job; SIGTERM or SIGINT stops new shards and gives those in flight a grace period."""
-    from .engine import run_job
-
-    stop = anyio.Event()
-    on_shard = None
-    if spec.metrics_file:
-        from .metrics import write_metrics_file
-
-        unwritten: list[str] = []
-
-        def on_shard(progress: Progress) -> None:
-            try:
-                write_metrics_file(spec.metrics_file, progress)  # type: ignore[arg-type]
-            except OSError as exc:  # counters are for watching the run: their loss must not stop it
-                if not unwritten:
-                    log.warning("streamfilter: warning: the metrics file %s was not written: %s", spec.metrics_file,
-                                exc.strerror or exc)  # fmt: skip
-                unwritten.append(str(exc))
-
-    progress = Progress(0, log_format=spec.log_format, on_shard=on_shard)
-
-    async def watch_signals() -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for _ in signals:
-                stop.set()
-
-    outcome: Report | Exception
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(watch_signals)
-        try:
-            outcome = await run_job(spec, progress=progress, verbose=verbose, stop=stop)
-            if on_shard is not None:
-                on_shard(progress)  # the final counts, also when no shard ran
-        except Exception as exc:
-            outcome = exc  # raised outside the task group, which would wrap it in an ExceptionGroup
-        tg.cancel_scope.cancel()
-    if isinstance(outcome, Exception):
-        raise outcome
-    return outcome
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from .concurrency import gather_limited
 from .errors import UsageError, redact_uri
 from .ledger import JSON_READS_AT_ONCE, RECEIPTS_DIR, WORKER_REPORTS_DIR, Receipt
 from .plan import plan_shards
-from .store import ObjectInfo, Stores
+from .store import ObjectInfo, StoreOptions, Stores
 
 
 async def _read_json(listed: dict[str, ObjectInfo], prefix: str, stores: Stores) -> dict[str, bytes]:
@@ -101,3 +101,15 @@ async def job_status(output: str, inputs: list[str], stores: Stores) -> dict:
         "outputs_not_as_recorded": [{"shard": n, "problem": p} for n, p in sorted(problems.items()) if n not in failed],
         "set_digests": sorted({r.set_digest for r in done.values()}),
     }
+
+
+async def report_status(output: str, inputs: list[str], options: StoreOptions, report: str | None) -> dict:
+    """``streamfilter report``: the status of the run under ``output``, also written to ``report`` if given."""
+    stores = Stores(options)
+    try:
+        result = await job_status(output, inputs, stores)
+        if report:
+            await stores.for_uri(report).put(report, (json.dumps(result, indent=2) + "\n").encode())
+        return result
+    finally:
+        await stores.aclose()

@@ -27,7 +27,7 @@ from .._version import __version__
 from ..errors import StreamfilterError, UsageError, redact_uri
 from ..formats.parquet import ParquetShard
 from ..keys import KeySpec, as_text
-from ..store import Stores
+from ..store import StoreOptions, Stores
 from .bloom import BloomFilter
 from .entries import entry_values
 from .filterfile import HEADER_READ_BYTES, describe, header_span, read_header, write_set
@@ -187,3 +187,24 @@ async def inspect_file(uri: str, stores: Stores) -> str:
             f"{offset + header['body_bytes']:,}; build or download it again"
         )
     return describe(header)
+
+
+async def build_filter_file(
+    sources: list[str], spec: KeySpec, options: StoreOptions, out: str, kind: str, fpr: float
+) -> str:
+    """``streamfilter build-filter``: the filter written to ``out``, and what it holds, as text to show."""
+    stores = Stores(options)
+    try:
+        header = await build_filter(sources, spec, stores, out=out, kind=kind, fpr=fpr)
+    finally:
+        await stores.aclose()
+    return f"wrote {redact_uri(out)}\n{describe(header)}"
+
+
+async def inspect_file_at(uri: str, options: StoreOptions) -> str:
+    """``streamfilter inspect``: what a filter file holds, from one ranged read."""
+    stores = Stores(options)
+    try:
+        return await inspect_file(uri, stores)
+    finally:
+        await stores.aclose()
