@@ -35,7 +35,7 @@ from .executors import NOT_STARTED, Limits, run_units
 from .formats import detect_format
 from .formats.embedding_set import KINDS, is_metadata, member
 from .ledger import ReceiptBook, Report, ShardReport, worker_report_uri
-from .pipelines import Counts, Filter, ShardFiles, ShardTools, pipeline_for, scanner_for, sibling
+from .pipelines import Counts, Filter, ShardFiles, ShardTools, pipeline_for, scanner_for
 from .plan import Shard, check_first_input, plan_shards, source_error, worker_share
 from .progress import Progress
 from .sets import KeySet, build_key_set
@@ -43,6 +43,7 @@ from .sets.load import open_filter
 from .shard_io import OpenedFiles, RunContext, keep_unchanged, rewrite
 from .spec import JobSpec
 from .store import ObjectInfo, Stores, scheme_of
+from .store.uris import sibling
 
 log = logging.getLogger("streamfilter")
 

@@ -17,10 +17,11 @@ from anyio.from_thread import BlockingPortal
 
 from .errors import ShardError, StreamfilterError, redact_uri
 from .ledger import ReceiptBook, ShardReport
-from .pipelines import Counts, Pipeline, ShardFiles, ShardTools, sibling
+from .pipelines import Counts, Pipeline, ShardFiles, ShardTools
 from .plan import Shard
 from .spec import JobSpec
 from .store import ObjectInfo, PartSink, Stores
+from .store.uris import sibling
 
 
 @dataclass

@@ -13,6 +13,7 @@ from .errors import UsageError
 from .formats import FORMATS
 from .keys import KeySpec
 from .store import StoreOptions, expand_header
+from .store.uris import local_path
 
 Mode = Literal["deny", "allow"]
 #: Shards in flight: one per usable CPU, at least 2 (one decodes while the other waits on the store)
@@ -134,9 +135,7 @@ class JobSpec:
 
 
 def _local_path(uri: str) -> Path | None:
-    if uri.startswith("file://"):
-        return Path(uri[len("file://") :])
-    return None if "://" in uri else Path(uri)
+    return local_path(uri)
 
 
 def _check_local_target(flag: str, uri: str, *, prefix: bool) -> None:

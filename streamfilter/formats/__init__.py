@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 from ..errors import UsageError, redact_uri
+from ..store.uris import object_name
 from .embedding_set import is_member, is_metadata
 
 FORMATS = ("auto", "parquet", "jsonl", "webdataset", "img2dataset", "embeddings")
@@ -22,7 +22,7 @@ IMG2DATASET_MEMBERS = (".parquet", "_stats.json")
 
 
 def _name(uri: str) -> str:
-    return urlsplit(uri).path.rsplit("/", 1)[-1].lower() if "://" in uri else uri.rsplit("/", 1)[-1].lower()
+    return object_name(uri)
 
 
 def format_by_extension(uri: str) -> str | None:

@@ -19,11 +19,11 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
-from urllib.parse import urlsplit
 
 import zstandard
 
 from ..errors import ShardError
+from ..store.uris import object_path
 
 #: Compressed (or plain) bytes read per request.
 CHUNK_SIZE = 8 * 1024 * 1024
@@ -43,7 +43,7 @@ ZSTD_LEVEL = 3
 
 def codec_for(name: str) -> str:
     """ "gzip", "zstd" or "none", by the object's extension."""
-    path = (urlsplit(name).path if "://" in name else name).lower()
+    path = object_path(name)
     if path.endswith(".gz"):
         return "gzip"
     if path.endswith((".zst", ".zstd")):

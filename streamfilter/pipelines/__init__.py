@@ -26,12 +26,6 @@ from ..progress import Progress
 from ..sets import KeySet
 
 
-def sibling(uri: str, suffix: str) -> str:
-    """The object beside ``uri`` with another ending: ``a/00001.tar`` -> ``a/00001.parquet``, ``a/00001_stats.json``."""
-    head, slash, name = uri.rpartition("/")
-    return f"{head}{slash}{name.split('.', 1)[0]}{suffix}"
-
-
 @dataclass(frozen=True)
 class Filter:
     """What decides, per row, whether it stays."""

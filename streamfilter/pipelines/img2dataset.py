@@ -35,7 +35,8 @@ from ..formats.webdataset import BLOCK, RECORD, TarReader
 from ..keys import require_columns
 from ..shard_io import OpenedFiles, RunContext, keep_unchanged, rewrite
 from ..store import Refused
-from . import Counts, ShardFiles, ShardTools, pipeline_for, sibling
+from ..store.uris import sibling
+from . import Counts, ShardFiles, ShardTools, pipeline_for
 from .webdataset import SidecarKeys, kept_runs, sidecar_rows
 
 if TYPE_CHECKING:

@@ -26,7 +26,8 @@ from ..errors import ShardError
 from ..formats.parquet import ParquetShard
 from ..formats.webdataset import Sample, TarReader, TarWriter
 from ..keys import require_columns
-from . import Counts, ShardFiles, ShardTools, sibling
+from ..store.uris import sibling
+from . import Counts, ShardFiles, ShardTools
 from .jsonl import KeyBatch, parse_json
 
 BATCH_SAMPLES = 512

@@ -14,7 +14,6 @@ import io
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import anyio
@@ -28,6 +27,7 @@ from ..errors import StreamfilterError, UsageError, redact_uri
 from ..formats.parquet import ParquetShard
 from ..keys import KeySpec, as_text
 from ..store import StoreOptions, Stores
+from ..store.uris import is_local, local_path
 from .bloom import BloomFilter
 from .entries import entry_values
 from .filterfile import HEADER_READ_BYTES, describe, header_span, read_header, write_set
@@ -40,9 +40,9 @@ KINDS = ("bloom", "fingerprints")
 
 def _check_writable(out: str) -> None:
     """Refuse a local ``out`` that cannot be written before any key is hashed, not after."""
-    if "://" in out and not out.startswith("file://"):
+    path = local_path(out)
+    if path is None:
         return
-    path = Path(out.removeprefix("file://"))
     if path.is_dir():
         raise UsageError(f"cannot write the filter to {out}: it is a directory; choose a file path")
     if not path.parent.is_dir():
@@ -158,7 +158,7 @@ async def _save(
         hash_name=spec.hash, key_spec=spec.to_dict(), key_count=count, target_fpr=fpr,
         created_by=f"streamfilter {__version__}",
     )  # fmt: skip
-    if "://" not in out or out.startswith("file://"):
+    if is_local(out):
         return write_set(out.removeprefix("file://"), structure, **options)
     buffer = io.BytesIO()
     header = write_set(buffer, structure, **options)

@@ -11,7 +11,6 @@ import io
 import re
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -22,6 +21,7 @@ import zstandard
 from ..errors import StreamfilterError, UsageError, redact_uri
 from ..keys import KeySpec, as_bytes, as_text
 from ..store import Stores
+from ..store.uris import object_path
 from .entries import entry_values
 from .exact import ExactKeySet
 from .keyset import KeySet
@@ -35,12 +35,7 @@ TABLE_SUFFIXES = (".parquet", ".csv", ".csv.gz", ".csv.zst")
 
 def name_of(uri: str) -> str:
     """The lower-cased path of a URI, by which its kind is told: a signed URL's query is no part of it."""
-    if uri.split("://", 1)[0].lower() in ("http", "https", "s3"):
-        try:
-            return urlsplit(uri).path.lower()
-        except ValueError:
-            pass
-    return uri.lower()
+    return object_path(uri)
 
 
 #: The column of a Parquet list named without one: allowed when the file has exactly one column.

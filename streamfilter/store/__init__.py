@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from ..errors import ShardError, UsageError, redact_uri
 from .base import ObjectInfo, Refused, RetryPolicy, Store, Upload, stream_copy
 from .bridge import PartSink, RangeFile
+from .uris import scheme_of
 
 __all__ = [
     "ObjectInfo",
@@ -59,12 +60,6 @@ def expand_header(header: str) -> tuple[str, str]:
     if missing:
         raise UsageError(f"--http-header {name.strip()}: environment variable ${missing[0]} is not set")
     return name.strip(), os.path.expandvars(value.strip())
-
-
-def scheme_of(uri: str) -> str:
-    if "://" not in uri:
-        return "file"
-    return uri.split("://", 1)[0].lower()
 
 
 class Stores:
