@@ -360,6 +360,9 @@ class GeoArrowWkb(pa.ExtensionType):
         return cls(json.loads(serialized))
 
 
+@pytest.mark.skipif(
+    int(pa.__version__.split(".")[0]) < 26, reason="pyarrow < 26 cannot write GEOMETRY/GEOGRAPHY (it refuses the shard)"
+)
 def test_geometry_and_geography(tmp_path: Path) -> None:
     n = 900
     point = bytes.fromhex("0101000000000000000000f03f0000000000000040")
