@@ -25,6 +25,10 @@ from .spec import DEFAULT_CONCURRENCY, build_spec, load_config
 log = logging.getLogger("streamfilter")
 
 
+#: Rows of the diff demo's original unless --rows says otherwise.
+DIFF_DEMO_ROWS = 3_000_000
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # usage errors exit 2 with one line, as ours do
         raise UsageError(f"{message}; see '{self.prog} --help'")
@@ -161,7 +165,6 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--rows",
         type=_demo_rows,
-        default=3_000_000,
         help="with --diff: rows of the original, at least 10,000 (default 3,000,000: about 20 s, and 1.7 GiB of "
         "memory at the peak, about 0.6 GiB a million rows)",
     )
@@ -271,10 +274,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo" and args.diff:
             from .diffdemo import run_diff_demo
 
-            return run_diff_demo(args.dir or "streamfilter-diff-demo", args.rows)
+            return run_diff_demo(args.dir or "streamfilter-diff-demo", args.rows or DIFF_DEMO_ROWS)
         if args.command == "demo":
             from .demo import run_demo
 
+            if args.rows is not None:
+                raise UsageError("demo --rows sizes the diff example: use it with --diff")
             return run_demo(args.dir or "streamfilter-demo")
 
         if args.command == "verify":

@@ -96,6 +96,8 @@ CASES = {
     # The diff demo needs enough rows to remove some: too few is a usage error, not a crash.
     "demo --diff --rows 0": Case(("demo", "--diff", "--rows", "0", "demo"), 2, "--rows"),
     "demo --diff --rows 10": Case(("demo", "--diff", "--rows", "10", "demo"), 2, "--rows"),
+    # --rows sizes only the diff example: given to the plain demo it was silently ignored.
+    "demo --rows without --diff": Case(("demo", "--rows", "20000", "demo"), 2, "--diff"),
 }
 
 
