@@ -196,43 +196,37 @@ def test_clean_shard_from_http_is_byte_copied(http_server, tmp_path: Path) -> No
     assert (tmp_path / "out" / "a.parquet").read_bytes() == src.read_bytes()
 
 
-def _dense_then_clean(root: Path, hits: int, clean: int) -> tuple[list[Path], list[str]]:
-    """``hits`` shards with a listed row each, then ``clean`` shards with none; the listed keys."""
+def _run_dense_then_clean(tmp_path: Path, hits: int, clean: int) -> streamfilter.Report:
+    """``hits`` shards with a listed row each, then ``clean`` shards with none, filtered one at a time and
+    checked against pyarrow; the run's report."""
+    root = tmp_path / "in"
     paths = [write_shard(root / f"{i:03d}.parquet", shard_table(200, start=200 * i, seed=i), row_group_size=50)
              for i in range(hits + clean)]  # fmt: skip
-    return paths, [read_parquet(p)["url"][7].as_py() for p in paths[:hits]]
-
-
-def test_a_dense_run_goes_straight_to_the_rewrite(tmp_path: Path) -> None:
-    paths, listed = _dense_then_clean(tmp_path / "in", hits=12, clean=0)
+    listed = [read_parquet(p)["url"][7].as_py() for p in paths[:hits]]
     blocklist = write_list(tmp_path / "list.txt", listed)
-
     report = streamfilter.run([str(p) for p in paths], output=str(tmp_path / "out"), blocklist=[str(blocklist)],
                               concurrency=1, quiet=True)  # fmt: skip
-
     assert report.ok
     for path in paths:
         assert_same_table(read_parquet(tmp_path / "out" / path.name), reference_filter(read_parquet(path), listed))
-    # The first DENSE_AFTER shards are scanned, then only every PROBE_EVERY-th: the others read their key
-    # column once. A scanned shard with a hit reads its first row group's key chunk twice.
-    scanned = engine.DENSE_AFTER + (len(paths) - engine.DENSE_AFTER) // engine.PROBE_EVERY
+    return report
+
+
+def test_a_dense_run_goes_straight_to_the_rewrite(tmp_path: Path) -> None:
+    report = _run_dense_then_clean(tmp_path, hits=12, clean=0)
+
+    assert all(s.output_via == "rewrite" for s in report.shards)
+    # The first DENSE_AFTER shards are scanned (a shard with a hit reads its first row group's key chunk
+    # twice), the next ones are not (until the PROBE_EVERY-th): they read fewer bytes.
     one_pass = [s.bytes_read for s in report.shards[engine.DENSE_AFTER : engine.DENSE_AFTER + 3]]
-    assert all(s.output_via == "rewrite" for s in report.shards) and scanned < len(paths)
     assert all(b < s.bytes_read for b, s in zip(one_pass, report.shards[:3], strict=True))
 
 
 def test_a_run_whose_hits_thin_out_scans_again(tmp_path: Path) -> None:
     """Hits in the first shards only (a takedown list): the probes find the clean ones and scanning resumes,
     so most clean shards are still copied rather than rewritten."""
-    paths, listed = _dense_then_clean(tmp_path / "in", hits=6, clean=30)
-    blocklist = write_list(tmp_path / "list.txt", listed)
+    report = _run_dense_then_clean(tmp_path, hits=6, clean=30)
 
-    report = streamfilter.run([str(p) for p in paths], output=str(tmp_path / "out"), blocklist=[str(blocklist)],
-                              concurrency=1, quiet=True)  # fmt: skip
-
-    assert report.ok
-    for path in paths:
-        assert_same_table(read_parquet(tmp_path / "out" / path.name), reference_filter(read_parquet(path), listed))
     vias = [s.output_via for s in report.shards]
     assert vias[:6] == ["rewrite"] * 6
     assert vias[-20:] == ["byte_copy"] * 20  # scanning resumed well before these
