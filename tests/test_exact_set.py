@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streamfilter.sets import exact
-from streamfilter.sets.exact import SMALL_SET, ExactKeySet
+from streamfilter.sets.exact import BATCH_SHARE, HASHED_FROM, SMALL_SET, ExactKeySet
 
 
 def reference(keys: pa.Array, members: pa.Array) -> list[bool]:
@@ -70,7 +70,8 @@ def test_small_set_uses_is_in_and_is_exact() -> None:
 
 def test_strategy_threshold() -> None:
     ids = pa.array(np.arange(SMALL_SET + 1)).cast(pa.string())
-    assert not hashed(ExactKeySet(ids.slice(0, SMALL_SET)))
+    assert not hashed(ExactKeySet(ids.slice(0, HASHED_FROM)))
+    assert hashed(ExactKeySet(ids.slice(0, HASHED_FROM + 1)))
     assert hashed(ExactKeySet(ids))
     assert ExactKeySet(ids).contains(pa.array(["0", str(SMALL_SET), str(SMALL_SET + 1)])).to_pylist() == [
         True,
@@ -228,3 +229,15 @@ def test_property_equals_is_in(members: list, keys: list, threshold: int, start:
         key_set = ExactKeySet(member_array)
         key_array = pa.array(["pad"] * start + keys, pa.string()).slice(start)
         check(key_set, key_array, member_array)
+
+
+def test_a_mid_sized_set_answers_small_and_large_batches_alike() -> None:
+    # Between HASHED_FROM and SMALL_SET a small batch goes through the sorted hashes, a large one through
+    # is_in: both must give the answers a Python set gives.
+    members = [f"https://m.example/{i}" for i in range(0, 2 * (HASHED_FROM + 100), 2)]
+    key_set = ExactKeySet(pa.array(members))
+    assert hashed(key_set) and key_set.size <= SMALL_SET
+    listed = set(members)
+    for n in (key_set.size // BATCH_SHARE - 1, key_set.size // BATCH_SHARE + 1, 3 * key_set.size):
+        probe = [f"https://m.example/{i}" for i in range(n)] + [None]
+        assert key_set.contains(pa.array(probe)).to_pylist() == [p in listed for p in probe], n

@@ -26,6 +26,7 @@ from helpers import (
 )
 
 import streamfilter
+from streamfilter.formats import parquet as parquet_format
 
 
 @pytest.mark.parametrize("mode", ["deny", "allow"])
@@ -559,11 +560,15 @@ def test_binary_key_column(tmp_path: Path) -> None:
     assert_same_table(result, table.filter(pa.array([True, False, True, True, False, False])))
 
 
+@pytest.mark.parametrize("together_bytes", [0, parquet_format.DECODE_TOGETHER_BYTES], ids=["one-by-one", "together"])
 @pytest.mark.parametrize("duplicate_names", [False, True])
-def test_columns_decoded_one_at_a_time_keep_order_and_values(tmp_path: Path, duplicate_names: bool) -> None:
-    # The rewrite decodes the key column first and the others one by one; the key column is last
-    # here, one row group has no hit (kept whole) and, with a name shared by two columns (which
-    # cannot be picked by name), the row group is decoded whole instead.
+def test_columns_decoded_one_at_a_time_keep_order_and_values(
+    tmp_path: Path, duplicate_names: bool, together_bytes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The rewrite decodes the key column first and the others one by one (a large row group) or in one
+    # call (a small one); the key column is last here, one row group has no hit (kept whole) and, with a
+    # name shared by two columns (which cannot be picked by name), the row group is decoded whole instead.
+    monkeypatch.setattr(parquet_format, "DECODE_TOGETHER_BYTES", together_bytes)
     n = 900
     urls = [f"https://d/{i}" for i in range(n)]
     names = ["caption", "caption" if duplicate_names else "alt", "meta", "url"]

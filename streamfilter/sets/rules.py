@@ -32,7 +32,6 @@ import pyarrow.compute as pc
 
 from ..errors import UsageError
 from ..keys import KeySpec, normalize
-from .domains import DomainSet, PrefixSet
 from .hosts import ascii_host, url_hosts
 from .keyset import KeySet
 
@@ -183,6 +182,9 @@ class RuleKeySet:
     kind = "exact"
 
     def __init__(self, exact: KeySet | None, domains: pa.Array, prefixes: pa.Array) -> None:
+        # Imported here: its compiled kernels (numba) load only for runs whose lists hold rules.
+        from .domains import DomainSet, PrefixSet
+
         self.exact = exact
         self.domains = DomainSet(domains)
         self.prefixes = PrefixSet(prefixes)
