@@ -218,9 +218,20 @@ def render(report: dict[str, Any]) -> str:
                 f"| {n['where']} | {n['default_wall_s']:.2f} | {n['no_scan_wall_s']:.2f} | {n['default_cpu_s']:.1f} "
                 f"| {n['no_scan_cpu_s']:.1f} | {R.mib(n.get('default_read'))} | {R.mib(n.get('no_scan_read'))} |"
             )
+    # The S3 client's share on the engine's real request mix (base shape), as run.py prices it.
+    base = {case for case, varies in report.get("shape_of", {}).items() if varies == "base"}
+    priced = [r for r in report["table"] if r["where"] != "local" and r["case"] in base and r.get("requests")]
+    lines += R.render_requests({"table": priced, "client_costs": report.get("client_costs")})
     lines += ["", "## Targets (worst shape per place)", ""]
     for t in report["targets"]:
         lines.append(f"- **{'PASS' if t['pass'] else 'FAIL'}** {t['target']}: {t['value']}")
+    if report.get("startup"):
+        st = report["startup"]
+        report["notes"] = [
+            *report["notes"],
+            "Interpreter start and imports, inside every wall time above (median of 3, measured alone "
+            f"{st['when']}, load {st['load1']:.1f}): " + ", ".join(f"{k} {v:.2f} s" for k, v in st["seconds"].items()),
+        ]
     if report["notes"]:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
     return "\n".join(lines) + "\n"
@@ -271,6 +282,11 @@ def targets(judged: dict[str, Any], table: list[dict[str, Any]]) -> list[dict[st
     return out
 
 
+def startup(bench: R.Bench, when: str) -> dict[str, Any]:
+    engines, _ = bench.engines(need_s3=False)
+    return {"when": when, "load1": os.getloadavg()[0], "seconds": bench.startup(engines)}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -281,11 +297,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", choices=["local", "s3"])
     ap.add_argument("--shapes", help="comma-separated subset of the shapes' labels (as in the table)")
     ap.add_argument("--results", default="shapes")
+    ap.add_argument("--rerender", action="store_true", help="only write results/NAME.md again from its .json")
     args = ap.parse_args(argv)
+    if args.rerender:
+        report = json.loads((R.RESULTS / f"{args.results}.json").read_text())
+        report.setdefault("shape_of", {e["case"]: e["varies"] for e in report["judged"]["rows"]})
+        report.setdefault("client_costs", R.client_costs())
+        if "startup" not in report:
+            report["startup"] = startup(R.Bench(R.parse_args([])), "after the sweep")
+            (R.RESULTS / f"{args.results}.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+        (R.RESULTS / f"{args.results}.md").write_text(render(report))
+        return 0
     started = time.perf_counter()
     run_args = R.parse_args(["--runs", str(args.runs), "--warmup", str(args.warmup), "--sparse-warmup", "0"])
     bench = R.Bench(run_args)
     load_start = os.getloadavg()[0]
+    source_at_start = R.versions(None)["streamfilter source sha256"]
     chosen = shapes()
     if args.shapes:
         wanted = set(args.shapes.split(","))
@@ -311,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             bench.series(with_no_scan(local, varies), "local", ds, case)
     if args.only != "local":
         bench.s3_phase([(case, ds, with_no_scan(s3, varies)) for case, varies, ds in plan_data], args.endpoint)
+    started_alone = startup(bench, "after the runs")
     table = R.summarize(bench.runs)
     for row in table:
         loads = [r["load1_before"] for r in bench.runs if r["engine"] == row["engine"] and r["case"] == row["case"]]
@@ -335,6 +363,12 @@ def main(argv: list[str] | None = None) -> int:
                 }
             )
     notes = list(bench.notes)
+    source_at_end = R.versions(None)["streamfilter source sha256"]
+    if source_at_end != source_at_start:
+        notes.append(
+            f"WARNING: streamfilter/*.py changed while the sweep ran (source sha256 {source_at_start} at the "
+            f"start, {source_at_end} at the end): runs may mix versions."
+        )
     timed = [r for r in bench.runs if not str(r["run"]).startswith("warmup")]
     busy = [r for r in timed if max(r["load1_before"], r["load1_after"]) > (os.cpu_count() or 1)]
     if busy:
@@ -356,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
         "load_end": os.getloadavg()[0],
         "load_median": statistics.median(r["load1_before"] for r in timed) if timed else 0.0,
         "judged": judged,
+        "shape_of": shape_of,
+        "startup": started_alone,
+        "client_costs": R.client_costs(),
         "no_scan": no_scan_rows,
         "targets": targets(judged, table),
         "notes": notes,
