@@ -35,7 +35,7 @@ from .executors import NOT_STARTED, Limits, run_units
 from .formats import detect_format
 from .formats.embedding_set import KINDS, is_metadata, member
 from .ledger import ReceiptBook, Report, ShardReport, worker_report_uri
-from .pipelines import Counts, Filter, ShardFiles, ShardTools, pipeline_for, scanner_for
+from .pipelines import Counts, Filter, ShardFiles, ShardTools, pipeline_for, scanner_for, set_processor_for
 from .plan import Shard, check_first_input, plan_shards, source_error, worker_share
 from .progress import Progress
 from .sets import KeySet, build_key_set
@@ -108,12 +108,8 @@ async def process_shard(shard: Shard, ctx: RunContext) -> ShardReport:
             report.bytes_saved = info.size - receipt.output_size
             report.resumed = True
         else:
-            if fmt in ("img2dataset", "embeddings") and shard.output is not None:  # a set of objects: its own path
-                if fmt == "img2dataset":
-                    from .pipelines.img2dataset import process_set
-                else:
-                    from .pipelines.embeddings import process_set
-
+            process_set = set_processor_for(fmt) if shard.output is not None else None
+            if process_set is not None:  # a set of objects as one unit (a dry run counts its deciding object)
                 written = await process_set(shard, ctx, info, report, opened)
                 report.output_etag = written.etag
                 await _record(shard, ctx, info, written, report)

@@ -145,6 +145,16 @@ def pipeline_for(fmt: str) -> Pipeline:
     return _tallied(importlib.import_module(f"{__name__}.{fmt}").filter_shard)
 
 
+#: Formats whose unit is a set of objects (a tar with its Parquet and stats; a metadata Parquet with its
+#: .npy vectors): their module's ``process_set`` does the whole unit, with the engine's I/O (``shard_io``).
+SET_FORMATS = ("img2dataset", "embeddings")
+
+
+def set_processor_for(fmt: str) -> Callable[..., Any] | None:
+    """``process_set`` of a format whose unit is several objects, imported on first use; None for the others."""
+    return importlib.import_module(f"{__name__}.{fmt}").process_set if fmt in SET_FORMATS else None
+
+
 def scanner_for(fmt: str, tools: ShardTools) -> Scanner | None:
     """The format's cheap first pass, if it has one: ``scan_shard`` returns the counts of a
     shard with nothing to remove, or None as soon as it finds a row that must go."""
