@@ -28,6 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+# The subpackage first, while it is light: importing it sets the attribute ``streamfilter.diff`` to the
+# package, which the function ``diff`` below then replaces for good (imported later, it would shadow it).
+from . import diff as _diff_package  # noqa: F401
 from ._version import __version__
 from .errors import ShardError, StreamfilterError, UsageError
 from .keys import KeySpec

@@ -3,6 +3,7 @@ and every membership set answers to the KeySet protocol. Results are checked aga
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import pyarrow as pa
@@ -33,6 +34,9 @@ def test_run_takes_a_job_spec(tmp_path: Path) -> None:
 
 
 def test_diff_takes_options_and_writes_the_keys_the_reference_lacks(tmp_path: Path) -> None:
+    # Importing the subpackage's modules (as any diff run does) must not shadow the function by the package.
+    importlib.import_module("streamfilter.diff.job")
+    assert callable(streamfilter.diff) and callable(streamfilter.adiff)
     derivative = pa.table({"url": [f"https://d.example/{i}" for i in range(300)]})
     reference = derivative.filter(pa.array([i % 10 != 3 for i in range(300)]))
     pq.write_table(derivative, tmp_path / "der.parquet")

@@ -9,7 +9,17 @@ removals are merged into a list that ``streamfilter run --blocklist`` applies
 
 from __future__ import annotations
 
-from .job import adiff, diff
-from .spec import DiffSpec, Side, build_diff_spec
+from typing import Any
 
 __all__ = ["DiffSpec", "Side", "adiff", "build_diff_spec", "diff"]
+
+#: Where each public name lives; loaded on first use, so ``import streamfilter`` stays light.
+_HOMES = {"adiff": "job", "diff": "job", "DiffSpec": "spec", "Side": "spec", "build_diff_spec": "spec"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
