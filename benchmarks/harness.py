@@ -459,3 +459,16 @@ class CountingProxy:
         for sock in active:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+
+def verification_failures(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A failed target for each row of ``table`` whose runs did not all pass their output check."""
+    return [
+        {
+            "target": f"{row['engine']} {row['where']} {row['case']}: every output verified",
+            "value": "; ".join(row["errors"])[:300],
+            "pass": False,
+        }
+        for row in table
+        if row["errors"] or row["ok_runs"] < row["runs"]
+    ]

@@ -54,6 +54,7 @@ from harness import (  # a sibling module
     request_mix,
     start_server,
     streamfilter_report,
+    verification_failures,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -860,15 +861,7 @@ def targets(table: list[dict[str, Any]], big_case: str, bound: dict[str, int] | 
                 "pass": ratio <= TARGET_BIG_RSS_RATIO,
             }
         )
-    for row in table:
-        if row["errors"] or row["ok_runs"] < row["runs"]:
-            out.append(
-                {
-                    "target": f"{row['engine']} {row['where']} {row['case']}: every output verified",
-                    "value": "; ".join(row["errors"])[:300],
-                    "pass": False,
-                }
-            )
+    out += verification_failures(table)
     return out
 
 

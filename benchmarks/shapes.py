@@ -37,7 +37,7 @@ import time
 from typing import Any
 
 import run as R  # a sibling module: the engines, checks and summaries of the main benchmark
-from harness import ENDPOINTS, MIB
+from harness import ENDPOINTS, MIB, verification_failures
 
 BASE = {"shards": 8, "row_groups": 5, "keys": 80_000, "codec": "zstd"}
 AXES = {
@@ -270,15 +270,7 @@ def targets(judged: dict[str, Any], table: list[dict[str, Any]]) -> list[dict[st
                 "pass": not over_goal,
             },
         ]
-    for row in table:
-        if row["errors"] or row["ok_runs"] < row["runs"]:
-            out.append(
-                {
-                    "target": f"{row['engine']} {row['where']} {row['case']}: every output verified",
-                    "value": "; ".join(row["errors"])[:300],
-                    "pass": False,
-                }
-            )
+    out += verification_failures(table)
     return out
 
 
