@@ -209,3 +209,23 @@ def test_sigterm_ends_a_run_whose_request_never_returns(
     assert "stopped by a signal" in written["shards"][0]["error"]
     assert s3_pending_uploads(s3_client, bucket) == []
     assert s3_keys(s3_client, bucket, "out/big.parquet") == []
+
+
+def test_a_lost_completion_reply_commits_where_aborts_are_refused(
+    proxy: FaultProxy, s3_client, bucket: str, tmp_path: Path
+) -> None:
+    """The completion succeeds with its reply lost, its retry meets NoSuchUpload, the object's ETag shows it
+    whole; the courtesy abort that follows is refused (405): the output still counts as committed."""
+    inputs, listed = put_formats(s3_client, bucket, tmp_path)
+    blocklist = write_list(tmp_path / "list.txt", sorted(listed))
+    proxy.complete_faults = ["lost"]
+    proxy.rules = [ABORT]
+    proc = cli_run(f"s3://{bucket}/in/big.parquet", "--output", f"s3://{bucket}/out/", "--blocklist", str(blocklist),
+                   "--key", "url", endpoint=proxy.url, report=tmp_path / "report.json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proxy.injected["complete lost"] == 1
+    (shard,) = json.loads((tmp_path / "report.json").read_text())["shards"]
+    assert shard["status"] == "done" and shard["abandoned_uploads"] == []
+    expected = reference_filter(read_parquet(inputs["big.parquet"]), listed)
+    assert_same_table(read_parquet(s3_get(s3_client, bucket, "out/big.parquet")), expected)
+    assert s3_pending_uploads(s3_client, bucket) == []

@@ -311,8 +311,14 @@ class S3Upload(Upload):
         if expected is None or etag is None or etag.strip('"') != expected:
             raise failure
         log.info("%s: completion reply lost; the object's ETag shows it complete", redact_uri(self.uri))
-        # Normally a no-op (the completion consumed the upload); it clears the upload if not.
-        await self.abort()
+        # Normally a no-op (the completion consumed the upload); it clears the upload if not. The object is
+        # whole either way, so a refused or failed abort is no failure of this commit, nor an abandoned upload.
+        upload_id, self._upload_id = self._upload_id, None
+        if self._store.aborts_uploads and upload_id is not None:
+            with contextlib.suppress(ShardError):
+                await self._store.call(
+                    "abort_multipart_upload", self.uri, Bucket=self._bucket, Key=self._key, UploadId=upload_id
+                )
         return {"ETag": etag}
 
     async def abort(self) -> None:
