@@ -52,6 +52,15 @@ def metadata_of(files: dict[str, bytes]) -> pa.Table:
     return pq.read_table(pa.BufferReader(next(v for k, v in files.items() if k.startswith("metadata/"))))
 
 
+def listed_of(sets: list[dict[str, bytes]], picks: dict[int, list[int]]) -> set[str]:
+    """URLs of the chosen rows of chosen sets."""
+    out = set()
+    for index, rows in picks.items():
+        urls = metadata_of(sets[index])["url"].to_pylist()
+        out |= {urls[r] for r in rows}
+    return out
+
+
 def keep_mask(table: pa.Table, listed: set[str]) -> np.ndarray:
     return ~pc.is_in(table["url"], pa.array(sorted(listed))).to_numpy(zero_copy_only=False)
 

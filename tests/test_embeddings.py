@@ -12,19 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from emb_helpers import check_output, expected_outputs, make_set_files, metadata_of, npy_bytes, write_files
+from emb_helpers import check_output, expected_outputs, listed_of, make_set_files, npy_bytes, write_files
 from helpers import write_list
 
 import streamfilter
-
-
-def listed_of(sets: list[dict[str, bytes]], picks: dict[int, list[int]]) -> set[str]:
-    """URLs of the chosen rows of chosen sets."""
-    out = set()
-    for index, rows in picks.items():
-        urls = metadata_of(sets[index])["url"].to_pylist()
-        out |= {urls[r] for r in rows}
-    return out
 
 
 def run(inputs, tmp_path: Path, listed: set[str], **options) -> streamfilter.Report:

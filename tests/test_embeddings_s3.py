@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from emb_helpers import check_output, expected_outputs, make_set_files, metadata_of, write_files
+from emb_helpers import check_output, expected_outputs, listed_of, make_set_files, write_files
 from fault_proxy import FaultProxy, Rule
 from helpers import s3_get, s3_keys, serve, write_list
 
@@ -22,14 +22,6 @@ def put_sets(client, bucket: str, prefix: str, sets: list[dict[str, bytes]]) -> 
     for files in sets:
         for rel, data in files.items():
             client.put_object(Bucket=bucket, Key=f"{prefix}{rel}", Body=data)
-
-
-def listed_of(sets: list[dict[str, bytes]], picks: dict[int, list[int]]) -> set[str]:
-    out = set()
-    for index, rows in picks.items():
-        urls = metadata_of(sets[index])["url"].to_pylist()
-        out |= {urls[r] for r in rows}
-    return out
 
 
 def run_s3(inputs: str, endpoint: str, tmp_path: Path, listed: set[str], **options) -> streamfilter.Report:
