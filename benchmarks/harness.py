@@ -472,3 +472,15 @@ def verification_failures(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for row in table
         if row["errors"] or row["ok_runs"] < row["runs"]
     ]
+
+
+def load_notes(runs: list[dict[str, Any]]) -> list[str]:
+    """A note when timed runs shared the CPU with other processes (a 1-minute load above the core count)."""
+    timed = [r for r in runs if not str(r["run"]).startswith("warmup")]
+    busy = [r for r in timed if max(r["load1_before"], r["load1_after"]) > (os.cpu_count() or 1)]
+    if not busy:
+        return []
+    return [
+        f"{len(busy)} of {len(timed)} timed runs saw a 1-minute load average above the core count: other "
+        "processes competed for the CPU, so their wall times are inflated (CPU times much less)."
+    ]

@@ -50,6 +50,7 @@ from harness import (  # a sibling module
     S3_REGION,
     CountingProxy,
     S3Server,
+    load_notes,
     measure,
     request_mix,
     start_server,
@@ -1312,13 +1313,7 @@ def main(argv: list[str] | None = None) -> int:
     notes += bench.notes
     if versions(None)["streamfilter source sha256"] != library_versions["streamfilter source sha256"]:
         notes.append("WARNING: streamfilter/*.py changed while the benchmark ran; runs may mix two versions.")
-    timed = [r for r in bench.runs if not str(r["run"]).startswith("warmup")]
-    busy = [r for r in timed if max(r["load1_before"], r["load1_after"]) > (os.cpu_count() or 1)]
-    if busy:
-        notes.append(
-            f"{len(busy)} of {len(timed)} timed runs saw a 1-minute load average above the core count: "
-            "other processes competed for the CPU, so their wall times are inflated (CPU times much less)."
-        )
+    notes += load_notes(bench.runs)
     failed_warmups = [r for r in bench.runs if str(r["run"]).startswith("warmup") and r["error"]]
     notes += [f"warm-up failed: {r['engine']} {r['where']} {r['case']}: {r['error']}" for r in failed_warmups]
     table = summarize(bench.runs)

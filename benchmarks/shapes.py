@@ -37,7 +37,7 @@ import time
 from typing import Any
 
 import run as R  # a sibling module: the engines, checks and summaries of the main benchmark
-from harness import ENDPOINTS, MIB, verification_failures
+from harness import ENDPOINTS, MIB, load_notes, verification_failures
 
 BASE = {"shards": 8, "row_groups": 5, "keys": 80_000, "codec": "zstd"}
 AXES = {
@@ -361,13 +361,8 @@ def main(argv: list[str] | None = None) -> int:
             f"WARNING: streamfilter/*.py changed while the sweep ran (source sha256 {source_at_start} at the "
             f"start, {source_at_end} at the end): runs may mix versions."
         )
+    notes += load_notes(bench.runs)
     timed = [r for r in bench.runs if not str(r["run"]).startswith("warmup")]
-    busy = [r for r in timed if max(r["load1_before"], r["load1_after"]) > (os.cpu_count() or 1)]
-    if busy:
-        notes.append(
-            f"{len(busy)} of {len(timed)} timed runs saw a 1-minute load average above the core count (other "
-            "processes on this shared machine): their wall times are inflated, CPU times much less."
-        )
     report = {
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": " ".join(["python benchmarks/shapes.py", *argv]),
