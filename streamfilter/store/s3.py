@@ -314,11 +314,9 @@ class S3Upload(Upload):
         # Normally a no-op (the completion consumed the upload); it clears the upload if not. The object is
         # whole either way, so a refused or failed abort is no failure of this commit, nor an abandoned upload.
         upload_id, self._upload_id = self._upload_id, None
-        if self._store.aborts_uploads and upload_id is not None:
+        if upload_id is not None:
             with contextlib.suppress(ShardError):
-                await self._store.call(
-                    "abort_multipart_upload", self.uri, Bucket=self._bucket, Key=self._key, UploadId=upload_id
-                )
+                await self._store.abort_upload(self.uri, upload_id, record=False)
         return {"ETag": etag}
 
     async def abort(self) -> None:
@@ -396,10 +394,12 @@ class S3Store(Store):
                 with contextlib.suppress(ShardError):  # told by abort_upload; the sweep goes on
                     await self.abort_upload(uri, upload["UploadId"])
 
-    async def abort_upload(self, uri: str, upload_id: str) -> None:
-        """Abort one multipart upload; one the store refuses to abort is recorded for the report."""
+    async def abort_upload(self, uri: str, upload_id: str, *, record: bool = True) -> None:
+        """Abort one multipart upload; one the store refuses to abort is recorded for the report, unless
+        ``record`` is off (an upload already completed, aborted only in case it was not)."""
         if not self.aborts_uploads:
-            self._abandoned.append((uri, upload_id))
+            if record:
+                self._abandoned.append((uri, upload_id))
             return
         bucket, key = split(uri)
         try:
@@ -414,7 +414,8 @@ class S3Store(Store):
                     "AbortMultipartUpload",
                     "uploads of failed outputs stay unfinished; the report lists them (abandoned_uploads)",
                 )
-            self._abandoned.append((uri, upload_id))
+            if record:
+                self._abandoned.append((uri, upload_id))
             raise
 
     def gave_up_abort(self, uri: str, upload_id: str) -> None:
