@@ -8,9 +8,10 @@ same rows leave it and every .npy beside it.
 A .npy row is a fixed number of bytes, so the vectors are never decoded: the
 metadata's decision gives the byte ranges to keep. On one S3 endpoint each .npy
 output is assembled from server-side copies of those ranges, with its rewritten
-header uploaded as the first piece; elsewhere (or when the endpoint refuses
-UploadPartCopy, or the cuts are too dense for copies to pay) it is streamed in
-bounded chunks of whole rows. A set without a match is copied, or in place left
+header uploaded as the first piece; between local files the kernel copies the
+ranges after the new header (``copy_file_range``, whatever their number); elsewhere
+(or when the endpoint refuses UploadPartCopy, or the cuts are too dense for copies
+to pay) it is streamed in bounded chunks of whole rows. A set without a match is copied, or in place left
 alone; its vectors are never read.
 
 Outputs are written vectors first, metadata last, then the engine's receipt: a set
@@ -161,6 +162,10 @@ async def write_vectors(
     head = rewritten_header(header, int(keep.sum()))
     source, target = ctx.stores.for_uri(src.uri), ctx.stores.for_uri(dst)
     ranges = kept_byte_ranges(header, keep)
+    if source is target and target.kernel_copy:  # local files: the kernel copies any ranges
+        written, fetched = await target.assemble(src, ranges, b"", dst, head=head)
+        report.bytes_read += fetched
+        return written, "assembled"
     if source is target and target.ranged_copy and assembly_pays(ranges, len(head)):
         try:
             written, fetched = await target.assemble(src, ranges, b"", dst, head=head)

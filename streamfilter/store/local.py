@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import io
 import os
@@ -56,6 +57,19 @@ class LocalUpload(Upload):
     async def write_part(self, data: bytes) -> None:
         await anyio.to_thread.run_sync(self._file.write, data)
 
+    def copy_ranges(self, src: str, ranges: list[tuple[int, int]], head: bytes = b"") -> int:
+        """Append ``head``, then byte ranges of the file ``src`` (blocking): copied by the kernel where it
+        can (``copy_file_range``: no byte passes through this process), else read and written.
+        Returns the bytes that passed through this process."""
+        self._file.write(head)
+        self._file.flush()
+        copier = _RangeCopier(self._file.fileno(), self._file.tell())
+        with open(src, "rb", buffering=0) as f:
+            for start, end in ranges:
+                copier.copy(f.fileno(), start, end, src)
+        self._file.seek(copier.pos)
+        return copier.through_us
+
     async def commit(self, last: bytes = b"") -> ObjectInfo:
         def finish() -> ObjectInfo:
             self._file.write(last)
@@ -80,9 +94,44 @@ class LocalUpload(Upload):
             self._path.parent.rmdir()
 
 
+#: errnos of a copy_file_range the kernel or file system does not offer for these two files.
+_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF, errno.EPERM}
+#: Bytes a fallback copy holds at once.
+_COPY_BUFFER = 8 * 1024 * 1024
+
+
+class _RangeCopier:
+    """Byte ranges appended to one output file, by ``copy_file_range`` until the kernel refuses it for
+    these files (another file system, an old kernel), then through a bounded buffer."""
+
+    def __init__(self, out: int, pos: int) -> None:
+        self.out, self.pos = out, pos
+        self.kernel = hasattr(os, "copy_file_range")
+        self.through_us = 0
+
+    def copy(self, src: int, start: int, end: int, name: str) -> None:
+        while start < end:
+            if self.kernel:
+                try:
+                    n = os.copy_file_range(src, self.out, end - start, start, self.pos)
+                except OSError as exc:
+                    if exc.errno not in _NO_KERNEL_COPY:
+                        raise
+                    self.kernel = False
+                    continue
+            else:
+                data = os.pread(src, min(end - start, _COPY_BUFFER), start)
+                n = os.pwrite(self.out, data, self.pos) if data else 0
+                self.through_us += n
+            if n == 0:
+                raise ShardError(f"short read from {name}: it ends before byte {end}; it changed, run again")
+            start, self.pos = start + n, self.pos + n
+
+
 class LocalStore(Store):
     # A local write needs no large parts: small ones keep memory per output low.
     part_size = 1024 * 1024
+    kernel_copy = True
 
     async def stat(self, uri: str) -> ObjectInfo:
         try:
@@ -120,6 +169,18 @@ class LocalStore(Store):
 
     def open_write(self, uri: str) -> Upload:
         return LocalUpload(uri)
+
+    async def assemble(
+        self, src: ObjectInfo, ranges: list[tuple[int, int]], tail: bytes, dst: str, head: bytes = b""
+    ) -> tuple[ObjectInfo, int]:
+        """``head``, the ranges of ``src`` and ``tail`` into ``dst``, the ranges copied by the kernel where it
+        can; returns the output and the bytes read into this process (0 unless the kernel's copy is refused)."""
+        async with LocalUpload(dst) as upload:
+            try:
+                through_us = await anyio.to_thread.run_sync(upload.copy_ranges, to_path(src.uri), ranges, head)
+            except OSError as exc:  # e.g. a full disk, the input removed meanwhile
+                raise ShardError(f"cannot write {dst} from {src.uri}: {exc.strerror or exc}") from None
+            return await upload.commit(tail), through_us
 
     def open_input(self, info: ObjectInfo, portal: BlockingPortal) -> InputFile:
         return CountingFile(to_path(info.uri), "rb")  # type: ignore[return-value]
