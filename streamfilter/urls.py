@@ -47,6 +47,7 @@ hence the pre-filters) and rebuilt with Arrow kernels.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable
 
@@ -77,10 +78,19 @@ _CANONICAL_PATTERN = (
 # Rows only rule 7 changes: as canonical, but any percent-encodings after the
 # authority, and no % in the authority, so rule 7 can run on the whole string.
 _PERCENT_ONLY_PATTERN = r"(?s)^[a-z][a-z0-9+.\-]*://(?:[^/?#@%]*@)?[a-z0-9\-._~!$&'()*+,;=]*/[^#]*$"
-_DEFAULT_SCHEME_PORTS = pa.array([f"{s}:{p}" for s, p in DEFAULT_PORTS.items()], pa.large_string())
-# Scalars typed large_string: a bare Python "" would be a string scalar and match no kernel.
-_EMPTY, _COLON, _SLASH, _SCHEME_SEP = (pa.scalar(s, pa.large_string()) for s in ("", ":", "/", "://"))
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+@functools.cache
+def _constants() -> tuple[pa.Array, pa.Scalar, pa.Scalar, pa.Scalar, pa.Scalar]:
+    """The scheme:port pairs to drop and the large_string scalars the rebuild joins with.
+
+    Built on first use, not at import: converting Python values makes pyarrow import pandas
+    (about 0.16 s) where it is installed, which every run would pay at start-up.
+    Scalars typed large_string: a bare Python "" would be a string scalar and match no kernel.
+    """
+    ports = pa.array([f"{s}:{p}" for s, p in DEFAULT_PORTS.items()], pa.large_string())
+    return (ports, *(pa.scalar(s, pa.large_string()) for s in ("", ":", "/", "://")))
 
 
 def _percent_table() -> dict[str, str]:
@@ -161,20 +171,21 @@ def _rebuild(values: pa.Array) -> pa.Array:
     parts = pc.extract_regex(values, _URL_PATTERN)
     if parts.null_count == len(parts):
         return values
+    default_scheme_ports, empty, colon, slash, scheme_sep = _constants()
     scheme = pc.ascii_lower(parts.field("scheme"))
     port = parts.field("port")
-    default_port = pc.is_in(pc.binary_join_element_wise(scheme, port, _COLON), value_set=_DEFAULT_SCHEME_PORTS)
-    keep_port = pc.and_(pc.not_equal(port, _EMPTY), pc.invert(default_port))
+    default_port = pc.is_in(pc.binary_join_element_wise(scheme, port, colon), value_set=default_scheme_ports)
+    keep_port = pc.and_(pc.not_equal(port, empty), pc.invert(default_port))
     rest = _normalize_percent_rows(parts.field("rest"))
     joined = pc.binary_join_element_wise(
         scheme,
-        _SCHEME_SEP,
+        scheme_sep,
         parts.field("userinfo"),
         pc.utf8_lower(parts.field("host")),
-        pc.if_else(keep_port, pc.binary_join_element_wise(_COLON, port, _EMPTY), _EMPTY),
-        pc.if_else(pc.starts_with(rest, "/"), _EMPTY, _SLASH),  # rule 6: "" and "?q" get a path of "/"
+        pc.if_else(keep_port, pc.binary_join_element_wise(colon, port, empty), empty),
+        pc.if_else(pc.starts_with(rest, "/"), empty, slash),  # rule 6: "" and "?q" get a path of "/"
         rest,
-        _EMPTY,
+        empty,
     )
     return pc.if_else(pc.is_valid(parts), joined, values)
 

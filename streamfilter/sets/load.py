@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import zstandard
@@ -25,6 +24,7 @@ from ..store.uris import object_path
 from .entries import entry_values
 from .exact import ExactKeySet
 from .keyset import KeySet
+from .lines import keys_of_lines, text_lines
 from .rules import RuleEntries, rule_key_set, split_rules
 
 if TYPE_CHECKING:  # the hashed sets import numba: only runs that use them pay for it
@@ -115,13 +115,10 @@ def decompress(uri: str, data: bytes) -> bytes:
 def text_keys(data: bytes) -> tuple[pa.Array, pa.Array]:
     """One key a line; blank lines and lines starting with ``#`` are skipped, ends trimmed.
 
-    Returns the keys and, for messages, the 0-based line index of each.
+    Returns the keys and, for messages, the 0-based line index of each. Lines are those of
+    ``str.splitlines`` (see :func:`.lines.text_lines`).
     """
-    lines = data.decode("utf-8").splitlines()
-    keys = pa.array(lines, pa.large_string())
-    keys = pc.utf8_trim_whitespace(keys)
-    keep = pc.and_(pc.not_equal(keys, ""), pc.invert(pc.starts_with(keys, "#")))
-    return keys.filter(keep), pc.indices_nonzero(keep)
+    return keys_of_lines(text_lines(data))
 
 
 #: Column names shown in messages; a list without a header row would otherwise show its first key as a name.
