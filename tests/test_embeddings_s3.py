@@ -81,6 +81,28 @@ def test_big_sets_on_s3_are_assembled_from_copied_ranges(s3_endpoint, s3_client,
     assert np.load(io.BytesIO(s3_get(s3_client, bucket, "removed.npy"))).tolist() == [3990, 3991, 4000]
 
 
+def test_cuts_with_long_kept_ranges_fetch_only_the_header_piece(s3_endpoint, s3_client, bucket, tmp_path) -> None:
+    """Cuts with 5 MiB or more kept between them, 10 MiB before the first (the header piece takes 5), and
+    anything after the last (the object's last part may be short) are all server-side copies: each .npy
+    costs its 5 MiB header piece alone."""
+    # Rows of 3,072 bytes. Set 0: 7,000 rows, cut at 3,500 (10.3 MiB before) and 5,300 (5.2 MiB between,
+    # 5.0 MiB after); set 1: 4,000 rows, cut at 3,600 (10.5 MiB before, 1.2 MiB after).
+    sets = [make_set_files(0, rows=7000, dim=768, dtype="float32", text=False),
+            make_set_files(1, rows=4000, dim=768, dtype="float32", text=False)]  # fmt: skip
+    put_sets(s3_client, bucket, "in/", sets)
+    listed = listed_of(sets, {0: [3500, 5300], 1: [3600]})
+
+    report = run_s3(f"s3://{bucket}/in/", s3_endpoint, tmp_path, listed, output=f"s3://{bucket}/out/")
+
+    assert report.ok, [s.error for s in report.shards]
+    assert {s.output_via for s in report.shards} == {"assembled"}
+    npy_files = sum(k.endswith(".npy") for f in sets for k in f)
+    metadata = sum(len(v) for f in sets for k, v in f.items() if k.endswith(".parquet"))
+    # Each header piece: 5 MiB less the header; each header read: at most 4 KiB; the metadata, read twice.
+    assert report.totals["bytes_read"] <= npy_files * (5 * 2**20 + 4096) + 3 * metadata
+    check_s3(s3_client, bucket, "out/", sets, listed, tmp_path)
+
+
 @pytest.fixture
 def proxy(s3_endpoint: str) -> Iterator[FaultProxy]:
     proxy = FaultProxy(s3_endpoint)

@@ -195,12 +195,15 @@ def fetched_by_assembly(ranges: list[tuple[int, int]], head: int) -> int:
     """Bytes an assembly of ``ranges`` after a ``head`` of that many bytes reads and uploads itself."""
     piece = head
     fetched = 0
-    for start, end in ranges:
+    for i, (start, end) in enumerate(ranges):
+        last = i == len(ranges) - 1
         pos = start
         while pos < end:
-            if not piece and end - pos >= ASSEMBLY_PART:
-                break  # the rest of the range is copied server-side
+            if not piece and (end - pos >= ASSEMBLY_PART or last):
+                break  # the rest of the range is copied server-side (the object's last part may be short)
             take = min(end - pos, ASSEMBLY_PART - piece)
+            if 0 < end - pos - take < ASSEMBLY_PART and not last:  # a rest too short to copy joins the piece
+                take = end - pos
             fetched, piece, pos = fetched + take, piece + take, pos + take
             if piece >= ASSEMBLY_PART:
                 piece = 0

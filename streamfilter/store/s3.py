@@ -550,8 +550,9 @@ class S3Store(Store):
         shorter ranges, and the bytes needed to bring a piece up to S3's 5 MiB part minimum,
         are read and uploaded. So a tar with a few samples removed moves a few MiB per cut,
         not the whole object. A ``head`` (a rewritten file header) starts the first piece, which the
-        first range then fills up to a part. :class:`Refused` (nothing written) when the store turns
-        UploadPartCopy down.
+        first range then fills up to a part. The rest of a range too short to be copied joins the piece
+        before it, and without a ``tail`` the last range is copied whatever its length (the last part
+        may be short). :class:`Refused` (nothing written) when the store turns UploadPartCopy down.
         """
         if not self.ranged_copy:
             return await super().assemble(src, ranges, tail, dst, head)
@@ -559,17 +560,20 @@ class S3Store(Store):
         async with self.open_write(dst) as upload:
             assert isinstance(upload, S3Upload)
             piece = bytearray(head)
-            for start, end in ranges:
+            for i, (start, end) in enumerate(ranges):
+                last = i == len(ranges) - 1 and not tail  # the object's last part may be short: copied too
                 pos = start
                 while pos < end:
-                    if not piece and end - pos >= MIN_PART_BYTES:
+                    if not piece and (end - pos >= MIN_PART_BYTES or last):
                         stop = min(end, pos + self.copy_part_size)
-                        if 0 < end - stop < MIN_PART_BYTES:  # never leave a tail too short to be a part
+                        if 0 < end - stop < MIN_PART_BYTES and not last:  # never leave a tail too short to be a part
                             stop = end - MIN_PART_BYTES
                         await upload.copy_part(src, pos, stop)
                         pos = stop
                         continue
                     stop = min(end, pos + MIN_PART_BYTES - len(piece))
+                    if 0 < end - stop < MIN_PART_BYTES and not last:  # a rest too short to copy joins this piece
+                        stop = end
                     piece += await self.read_range(src.uri, pos, stop)
                     fetched += stop - pos
                     pos = stop
