@@ -21,7 +21,8 @@ cut short is redone whole by the next run, with the same result.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
     from ..ledger import ShardReport
     from ..plan import Shard
     from ..store import ObjectInfo, Stores
+
+T = TypeVar("T")
 
 #: S3's minimum part: a rewritten header costs one such piece, every kept range shorter than it is fetched.
 ASSEMBLY_PART = 5 * 1024 * 1024
@@ -87,26 +90,11 @@ async def read_header(stores: Stores, info: ObjectInfo, report: ShardReport) -> 
 
 
 async def find_vectors(stores: Stores, metadata: str, report: ShardReport) -> list[Vectors]:
-    """The set's .npy files, with their headers. A kind may be absent from the whole root, never from one set."""
+    """The set's .npy files, with their headers (the kinds looked up at once). A kind may be absent from
+    the whole root, never from one set."""
     label = redact_uri(metadata)
-    found = []
-    for kind in KINDS:
-        uri = member(metadata, kind)
-        try:
-            info = await stores.for_uri(uri).stat(uri)
-        except StreamfilterError as exc:
-            folder = kind_folder(metadata, kind)
-            try:
-                others = [o for o in await stores.for_uri(folder).list(folder) if is_member(o.uri)]
-            except StreamfilterError:
-                others = []
-            if others:
-                raise ShardError(
-                    f"{redact_uri(uri)} is missing ({exc}) while {len(others)} other {kind} files lie beside it; "
-                    f"restore it, or the vectors of {label} stay uncleaned"
-                ) from None
-            continue
-        found.append(Vectors(kind, info, await read_header(stores, info, report)))
+    kinds = await gather([lambda kind=kind: find_kind(stores, metadata, kind, report) for kind in KINDS])
+    found = [v for v in kinds if v is not None]
     if not found:
         raise ShardError(
             f"{label}: no {' or '.join(f'{k}/{k}_N.npy' for k in KINDS)} beside it; an embedding set needs its vectors "
@@ -115,15 +103,60 @@ async def find_vectors(stores: Stores, metadata: str, report: ShardReport) -> li
     return found
 
 
+async def find_kind(stores: Stores, metadata: str, kind: str, report: ShardReport) -> Vectors | None:
+    """The set's ``kind`` .npy and its header; None when no file of that kind lies in its folder."""
+    uri = member(metadata, kind)
+    try:
+        info = await stores.for_uri(uri).stat(uri)
+    except StreamfilterError as exc:
+        folder = kind_folder(metadata, kind)
+        try:
+            others = [o for o in await stores.for_uri(folder).list(folder) if is_member(o.uri)]
+        except StreamfilterError:
+            others = []
+        if others:
+            raise ShardError(
+                f"{redact_uri(uri)} is missing ({exc}) while {len(others)} other {kind} files lie beside it; "
+                f"restore it, or the vectors of {redact_uri(metadata)} stay uncleaned"
+            ) from None
+        return None
+    return Vectors(kind, info, await read_header(stores, info, report))
+
+
+async def gather(steps: list[Callable[[], Awaitable[T]]]) -> list[T]:
+    """Run ``steps`` at once; their results in order, or the first failure as itself (not a group), the
+    others cancelled."""
+    results: list[Any] = [None] * len(steps)
+    failures: list[BaseException] = []
+
+    async def one(i: int) -> None:
+        try:
+            results[i] = await steps[i]()
+        except Exception as exc:  # kept, so the set fails with this one line
+            failures.append(exc)
+            tg.cancel_scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        for i in range(len(steps)):
+            tg.start_soon(one, i)
+    if failures:
+        raise failures[0]
+    return results
+
+
 async def process_set(
     shard: Shard, ctx: RunContext, info: ObjectInfo, report: ShardReport, opened: OpenedFiles
 ) -> ObjectInfo:
     """Filter one embedding set; returns the metadata output (what the receipt records)."""
     assert shard.output is not None
     label = redact_uri(shard.input)
-    vectors = await find_vectors(ctx.stores, shard.input, report)
     files = ShardFiles(opened.open(info), None, label, _no_sibling)
-    keep = await anyio.to_thread.run_sync(decide, files, ctx.tools)
+    vectors, keep = await gather(  # the vectors' headers are fetched while the metadata decides
+        [
+            lambda: find_vectors(ctx.stores, shard.input, report),
+            lambda: anyio.to_thread.run_sync(decide, files, ctx.tools),
+        ]
+    )
     for v in vectors:
         if v.header.rows != len(keep):
             raise ShardError(
@@ -138,11 +171,14 @@ async def process_set(
     outputs = [(v.info, member(shard.output, v.kind)) for v in vectors]
     if kept == len(keep) and ctx.spec.scan:
         return await keep_unchanged(shard, ctx, [(info, shard.output), *outputs], report)
-    written_sizes, vias = [], set()
-    for v, (_, dst) in zip(vectors, outputs, strict=True):
-        written, via = await write_vectors(ctx, v, keep, dst, report)
-        written_sizes.append(written.size)
-        vias.add(via)
+    results = await gather(
+        [
+            lambda v=v, dst=dst: write_vectors(ctx, v, keep, dst, report)
+            for v, (_, dst) in zip(vectors, outputs, strict=True)
+        ]
+    )
+    written_sizes = [written.size for written, _ in results]
+    vias = {via for _, via in results}
     async with ctx.cpu_slots:
         files = ShardFiles(opened.open(info), None, label, _no_sibling)
         counts, written = await rewrite(shard, ctx, pipeline_for("parquet"), files)
