@@ -18,7 +18,7 @@ import anyio
 from ._version import __version__
 from .errors import StreamfilterError, UsageError, redact_text, redact_uri
 from .formats import FORMATS
-from .keys import KEY_HASHES, LIST_ENTRIES, NORMALIZATIONS
+from .keys import IMAGE_HASHES, KEY_HASHES, LIST_ENTRIES, NORMALIZATIONS
 from .progress import Progress
 from .spec import DEFAULT_CONCURRENCY, build_spec, load_config
 
@@ -89,6 +89,19 @@ def _parser() -> argparse.ArgumentParser:
         "--sidecar",
         choices=["parquet"],
         help="tars: key each sample by the sibling img2dataset .parquet (its 'key' column) instead of its .json",
+    )
+    run.add_argument(
+        "--image-hash",
+        choices=list(IMAGE_HASHES),
+        help="tars: match each sample's image by its perceptual hash; --blocklist then holds hex PDQ hashes",
+    )
+    run.add_argument(
+        "--max-distance", type=int, metavar="D", help="with --image-hash pdq: most bits a match differs by (31)"
+    )
+    run.add_argument(
+        "--on-undecodable",
+        choices=["keep", "remove"],
+        help="with --image-hash: a sample whose image does not decode is kept (default) or removed; both are counted",
     )
     run.add_argument("--report", metavar="FILE", help="write the JSON report here (local or s3://)")
     run.add_argument("--concurrency", type=int, metavar="N", help=f"shards in flight (default: {DEFAULT_CONCURRENCY})")

@@ -57,6 +57,7 @@ def _take_counts(report: ShardReport, counts: Counts) -> None:
     report.rows_in, report.rows_out = counts.rows_in, counts.rows_out
     report.members_in, report.members_out, report.unkeyed = counts.members_in, counts.members_out, counts.unkeyed
     report.removed_by, report.kept_by = counts.removed_by, counts.kept_by
+    report.images = counts.images
 
 
 async def filter_one(
@@ -170,6 +171,7 @@ class ShardWork:
             cancelled=threading.Event(),
             on_unkeyed=spec.on_unkeyed,
             sidecar=spec.sidecar,
+            on_undecodable=spec.on_undecodable,
         )
         stores = Stores(spec.stores, on_retry=tools.progress.count_retry)
         try:

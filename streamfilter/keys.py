@@ -28,6 +28,8 @@ DIGESTS: tuple[str, ...] = ("md5", "sha1", "sha256")
 HASH64: tuple[str, ...] = ("xxh64", "xxh3_64", "mmh3_64")
 KEY_HASHES: tuple[str, ...] = ("none", *DIGESTS, *HASH64)
 LIST_ENTRIES: tuple[str, ...] = ("raw", "hex", "int")
+#: What ``--image-hash`` may make a tar sample's key: nothing (its columns decide), or its image's PDQ hash.
+IMAGE_HASHES: tuple[str, ...] = ("none", "pdq")
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,10 @@ class KeySpec:
     #: What the list's entries are: "raw" keys (normalized and hashed like the rows), "hex" digests
     #: (or hex 64-bit hashes), or "int" 64-bit integers (decimal, or hex with 0x).
     entries: str = "raw"
+    #: "pdq": a tar sample's key is its image's PDQ hash, matched within ``max_distance`` bits of a
+    #: list of hex PDQ hashes; the columns are unused.
+    image: str = "none"
+    max_distance: int = 31
 
     def __post_init__(self) -> None:
         if not self.columns or any(not c for c in self.columns):
@@ -57,6 +63,13 @@ class KeySpec:
             raise UsageError(f"--blocklist-hash {self.entries!r}: choose one of {', '.join(LIST_ENTRIES)}")
         if self.entries == "int" and self.hash in DIGESTS:
             raise UsageError(f"--blocklist-hash int: a {self.hash} digest is no 64-bit integer; use hex")
+        if self.image not in IMAGE_HASHES:
+            raise UsageError(f"--image-hash {self.image!r}: choose one of {', '.join(IMAGE_HASHES)}")
+        if self.image != "none" and (self.hash != "none" or self.entries != "raw" or self.normalize != "none"):
+            raise UsageError(
+                "--image-hash pdq: the list holds hex PDQ hashes and the key is each sample's image; leave out "
+                "--key-hash, --blocklist-hash and --normalize"
+            )
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any], default_column: str = "url") -> KeySpec:
@@ -75,6 +88,8 @@ class KeySpec:
             given("normalize", "none"),
             given("key_hash", "none"),
             given("blocklist_hash", "raw"),
+            given("image_hash", "none"),
+            given("max_distance", 31),
         )
 
     @property
@@ -83,8 +98,15 @@ class KeySpec:
         return self.hash in HASH64
 
     def to_dict(self) -> dict:
-        """Plain JSON types (columns as a list), so a spec read back from a receipt compares equal."""
-        return {**asdict(self), "columns": list(self.columns)}
+        """Plain JSON types (columns as a list), so a spec read back from a receipt compares equal.
+
+        The image fields appear only when an image hash is the key, so receipts written before they
+        existed still match a run keyed by columns."""
+        fields = {**asdict(self), "columns": list(self.columns)}
+        if self.image == "none":
+            for name in ("image", "max_distance"):
+                del fields[name]
+        return fields
 
 
 def as_text(values: pa.Array | pa.ChunkedArray) -> pa.Array:

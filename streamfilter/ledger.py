@@ -50,6 +50,10 @@ class ShardReport:
     #: allow mode the rows each kind kept. None for a shard resumed or an img2dataset set copied unchanged.
     removed_by: dict[str, int] | None = None
     kept_by: dict[str, int] | None = None
+    #: Tars keyed by image hash (``--image-hash``): samples whose image was ``hashed``, those ``matched``
+    #: (within the distance) and ``undecodable`` ones, and ``distances``: how many matches lay at each
+    #: distance, in bits. Never the hashes. None for other runs and for a shard resumed.
+    images: dict | None = None
 
 
 @dataclass
@@ -87,6 +91,14 @@ class Report:
             "bytes_saved": sum(s.bytes_saved for s in done),
             "seconds": round(self.seconds, 3),
         }
+        imaged = [s.images for s in done if s.images]
+        if imaged:
+            distances: dict[str, int] = {}
+            for images in imaged:
+                for d, n in images["distances"].items():
+                    distances[d] = distances.get(d, 0) + n
+            self.totals["images"] = {k: sum(i[k] for i in imaged) for k in ("hashed", "matched", "undecodable")}
+            self.totals["images"]["distances"] = dict(sorted(distances.items(), key=lambda kv: int(kv[0])))
         for name in ("removed_by", "kept_by"):
             if any(getattr(s, name) for s in done):
                 self.totals[name] = {k: sum((getattr(s, name) or {}).get(k, 0) for s in done)

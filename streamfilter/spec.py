@@ -44,6 +44,8 @@ class JobSpec:
     on_unkeyed: str = "fail"
     #: WebDataset tars: take each sample's key from the sibling ``.parquet`` (img2dataset) instead of its ``.json``.
     sidecar: str | None = None
+    #: With an image hash as the key: a sample whose image does not decode is kept, or removed ("remove").
+    on_undecodable: str = "keep"
     report: str | None = None
     concurrency: int = DEFAULT_CONCURRENCY
     dry_run: bool = False
@@ -97,6 +99,7 @@ class JobSpec:
             raise UsageError(f"--sidecar {self.sidecar!r}: the one sidecar known is parquet (img2dataset's)")
         if self.format not in FORMATS:
             raise UsageError(f"--format {self.format!r}: choose one of {', '.join(FORMATS)}")
+        self._check_image_hash()
         if self.num_workers < 1 or not 0 <= self.worker_index < self.num_workers:
             raise UsageError(
                 f"--worker-index {self.worker_index} with --num-workers {self.num_workers}: "
@@ -118,6 +121,24 @@ class JobSpec:
                 "embeddings, one worker and no --dry-run"
             )
         self._check_local_targets()
+
+    def _check_image_hash(self) -> None:
+        if self.on_undecodable not in ("keep", "remove"):
+            raise UsageError(f"--on-undecodable {self.on_undecodable!r}: choose keep or remove")
+        if self.key.image == "none":
+            if self.on_undecodable != "keep":
+                raise UsageError("--on-undecodable goes with --image-hash pdq")
+            return
+        if self.filter is not None or self.mode != "deny" or self.sidecar is not None:
+            raise UsageError(
+                "--image-hash pdq removes the samples whose image matches a list of PDQ hashes: pass the list "
+                "with --blocklist, and leave out --filter, --mode allow and --sidecar"
+            )
+        if self.format not in ("auto", "webdataset", "img2dataset"):
+            raise UsageError(
+                f"--image-hash pdq hashes the images in tars: use it with --format webdataset or img2dataset, "
+                f"not {self.format}"
+            )
 
     def _check_local_targets(self) -> None:
         """Local places this run would write to must be able to take what goes there, so a wrong
@@ -169,8 +190,8 @@ def _target_problem(path: Path, prefix: bool) -> str | None:
 #: Option names accepted from TOML and the API, mapped to JobSpec fields.
 OPTIONS = (
     "inputs", "output", "blocklist", "filter", "accept_false_positives", "key", "key_separator", "normalize",
-    "key_hash", "blocklist_hash", "mode", "format", "on_unkeyed", "sidecar",
-    "report",
+    "key_hash", "blocklist_hash", "mode", "format", "on_unkeyed", "sidecar", "image_hash", "max_distance",
+    "on_undecodable", "report",
     "concurrency", "dry_run", "scan", "output_inside_input", "overwrite", "in_place", "backup", "grace_seconds",
     "s3_endpoint_url", "http_header", "retries", "retry_max_seconds", "num_workers", "worker_index", "executor",
     "ray_address", "ray_task_cpus", "manifest_out", "log_format", "metrics_file", "removed_ids_out",
@@ -212,7 +233,7 @@ def _whole(opts: dict[str, Any], name: str, default: int) -> int:
 _TEXT = (
     "output", "filter", "key_separator", "normalize", "key_hash", "blocklist_hash", "mode", "format", "on_unkeyed",
     "sidecar", "report", "backup", "s3_endpoint_url", "executor", "ray_address", "manifest_out", "log_format",
-    "metrics_file", "removed_ids_out",
+    "metrics_file", "removed_ids_out", "image_hash", "on_undecodable",
 )  # fmt: skip
 _TEXTS = ("inputs", "blocklist", "http_header", "key")
 _SWITCHES = ("accept_false_positives", "dry_run", "scan", "output_inside_input", "overwrite", "in_place")
@@ -244,6 +265,8 @@ def build_spec(options: dict[str, Any]) -> JobSpec:
     if unknown:
         raise UsageError(f"unknown option {unknown[0]!r}; known options: {', '.join(OPTIONS)}")
     opts = _checked_types({k: v for k, v in options.items() if v is not None})
+    if "max_distance" in opts:
+        opts["max_distance"] = _whole(opts, "max_distance", 31)
     key_given = frozenset(name for option, name in _KEY_FIELDS.items() if option in opts)
     headers = dict(expand_header(h) for h in _as_list(opts.get("http_header")))
     concurrency = _whole(opts, "concurrency", DEFAULT_CONCURRENCY)
@@ -263,6 +286,7 @@ def build_spec(options: dict[str, Any]) -> JobSpec:
         format=opts.get("format", "auto"),
         on_unkeyed=opts.get("on_unkeyed", "fail"),
         sidecar=opts.get("sidecar"),
+        on_undecodable=opts.get("on_undecodable", "keep"),
         report=opts.get("report"),
         concurrency=concurrency,
         dry_run=bool(opts.get("dry_run", False)),

@@ -167,6 +167,7 @@ REPORT_SHARD_FIELDS = {
     "abandoned_uploads",
     "removed_by",
     "kept_by",
+    "images",
 }
 
 

@@ -101,7 +101,7 @@ class Sample:
     members: int = 1
     #: A directory or a PAX global header: kept, and not a sample.
     structural: bool = False
-    #: Data of the member whose extension is the reader's ``meta`` (the .json), if any.
+    #: Data of the member whose extension is the reader's ``meta`` (the .json, or the image), if any.
     meta: bytes | None = None
     extensions: set[str] = field(default_factory=set)
 
@@ -322,7 +322,7 @@ class TarReader:
             data = None
             if wanted is not None and entry == "file" and name.endswith(wanted):
                 if size > MAX_WANTED_BYTES:
-                    self._fail(pos, f"member {name!r} has {size:,} bytes, over {MAX_WANTED_BYTES:,} for metadata")
+                    self._fail(pos, f"member {name!r} has {size:,} bytes, over {MAX_WANTED_BYTES:,} to decide by")
                 data = bytes(self._view(pos + BLOCK, size))
             yield Member(name, pos if ext_start is None else ext_start, end, size, entry, data)
             if self.held_bytes > MAX_SAMPLE_BYTES:
@@ -333,14 +333,16 @@ class TarReader:
             ext_start, pax, long_name = None, {}, None
             pos = end
 
-    def samples(self, meta: str | None = "json") -> Iterator[Sample]:
+    def samples(self, meta: str | tuple[str, ...] | None = "json") -> Iterator[Sample]:
         """Consecutive members with the same key grouped into samples, in archive order.
 
-        The data of each sample's ``meta`` member (``000123.json``) is read into ``Sample.meta``;
-        with ``meta=None`` no data is read at all.
+        The data of each sample's ``meta`` member (``000123.json``; with several extensions, the
+        first member having one of them) is read into ``Sample.meta``; with ``meta=None`` no data
+        is read at all.
         """
+        metas = (meta,) if isinstance(meta, str) else meta or ()
         current: Sample | None = None
-        for m in self.members(None if meta is None else "." + meta):
+        for m in self.members(tuple("." + e for e in metas) if metas else None):
             if m.kind != "file":
                 if current is not None:
                     yield current
@@ -357,13 +359,13 @@ class TarReader:
                 current.extensions.add(ext)
                 current.end = m.end
                 current.members += 1
-                if ext == meta:
+                if ext in metas and current.meta is None:
                     current.meta = m.data
                 continue
             if current is not None:
                 yield current
             current = Sample(key, m.start, m.end, m.name, extensions={ext})
-            if key is not None and ext == meta:
+            if key is not None and ext in metas:
                 current.meta = m.data
         if current is not None:
             yield current

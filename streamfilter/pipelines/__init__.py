@@ -95,6 +95,8 @@ class ShardTools:
     on_unkeyed: str = "fail"
     #: Tars: "parquet" keys samples through the sibling img2dataset Parquet; None reads each sample's .json.
     sidecar: str | None = None
+    #: Tars keyed by image hash: a sample whose image does not decode is kept ("keep") or removed ("remove").
+    on_undecodable: str = "keep"
 
     def check_cancelled(self, name: str) -> None:
         if self.cancelled.is_set():
@@ -132,6 +134,8 @@ class Counts:
     #: With domain:/prefix: rules: the rows each kind (exact, domain, prefix) removed (deny) or kept (allow).
     removed_by: dict[str, int] | None = None
     kept_by: dict[str, int] | None = None
+    #: Tars keyed by image hash: images hashed, matched, undecodable, and the matches' distances.
+    images: dict[str, Any] | None = None
 
 
 Pipeline = Callable[[ShardFiles, ShardTools], Counts]

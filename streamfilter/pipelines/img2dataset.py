@@ -32,11 +32,13 @@ import pyarrow.compute as pc
 from ..errors import ShardError, StreamfilterError, redact_uri
 from ..formats.parquet import ParquetShard
 from ..formats.webdataset import BLOCK, RECORD, TarReader
-from ..keys import require_columns
+from ..keys import KeySpec, as_bytes, require_columns
+from ..sets import ExactKeySet
 from ..shard_io import OpenedFiles, RunContext, keep_unchanged, rewrite
 from ..store import Refused
 from ..store.uris import sibling
-from . import Counts, ShardFiles, ShardTools, pipeline_for
+from . import Counts, Filter, ShardFiles, ShardTools, pipeline_for
+from .tar_images import ImageKeys
 from .webdataset import SidecarKeys, kept_runs, sidecar_rows
 
 if TYPE_CHECKING:
@@ -63,8 +65,10 @@ class Decision:
     sidecar: SidecarKeys | None = None
 
 
-def decide(files: ShardFiles, tools: ShardTools) -> Decision:
-    """Match the Parquet's key columns (and read its ``key`` and ``status``); nothing of the tar."""
+def decide(files: ShardFiles, tools: ShardTools, expected: int | None = None) -> Decision:
+    """Match the Parquet's key columns (and read its ``key`` and ``status``); nothing of the tar.
+
+    ``expected``: the rows that must match (decided by images: one a sample that matched)."""
     name = files.name
     shard = ParquetShard(files.source, name)
     require_columns(shard.schema, tools.rule.key, name)
@@ -86,6 +90,11 @@ def decide(files: ShardFiles, tools: ShardTools) -> Decision:
             reasons.update(_value_counts(_status_dict_keys(table.filter(drop))))
         if "key" in table.column_names:
             keyed.append((table.select(["key"]), drop))
+    if expected is not None and removed != expected:
+        raise ShardError(
+            f"{name}: {expected:,} samples of its tar matched by image, but {removed:,} Parquet rows have their "
+            "keys, so the shard set is inconsistent; regenerate it or check its files"
+        )
     sidecar = None
     if removed and "key" in extra:
         known: list[str] = []
@@ -96,6 +105,18 @@ def decide(files: ShardFiles, tools: ShardTools) -> Decision:
             dropped += table_dropped
         sidecar = SidecarKeys(name, tools, known, dropped, name)
     return Decision(rows, removed, status, reasons, sidecar)
+
+
+def by_images(files: ShardFiles, tools: ShardTools) -> tuple[ShardTools, dict]:
+    """Hash the tar's images; returns tools whose rule removes the Parquet rows of the samples that
+    matched (by the ``key`` column, exactly), and the images' tally for the report."""
+    keys = ImageKeys(files, tools)
+    counts = Counts(members_in=0, members_out=0, unkeyed=0)
+    for _ in kept_runs(TarReader(files.source, files.name), keys, counts, tools):
+        pass
+    removed = ExactKeySet(as_bytes(pa.array(keys.removed_keys, pa.large_string())))
+    rule = Filter(KeySpec(("key",)), removed, "deny")
+    return dataclasses.replace(tools, rule=rule), keys.tally
 
 
 def _value_counts(values: pa.ChunkedArray | pa.Array) -> Counter:
@@ -166,7 +187,13 @@ async def process_set(
     stats_info = await _stat(stores, sibling(shard.input, STATS_SUFFIX), label)
     siblings = [(parquet_info, sibling(shard.output, ".parquet")), (stats_info, sibling(shard.output, STATS_SUFFIX))]
     parquet_files = ShardFiles(opened.open(parquet_info), None, redact_uri(parquet_info.uri), _no_sibling)
-    decision = await anyio.to_thread.run_sync(decide, parquet_files, tools)
+    expected = None
+    if tools.rule.key.image != "none":  # the images decide: the tar is hashed, and its Parquet follows
+        tar_files = ShardFiles(opened.open(info), None, label, opened.sibling_opener(shard.input))
+        async with ctx.cpu_slots:
+            tools, report.images = await anyio.to_thread.run_sync(by_images, tar_files, tools)
+        ctx, expected = dataclasses.replace(ctx, tools=tools), tools.rule.key_set.size
+    decision = await anyio.to_thread.run_sync(decide, parquet_files, tools, expected)
     report.rows_in, report.rows_out = decision.rows, decision.rows - decision.removed_rows
     if ctx.on_scanned is not None:
         ctx.on_scanned(decision.removed_rows == 0)
@@ -253,5 +280,9 @@ def _no_sibling(extension: str) -> Any:
 def filter_shard(files: ShardFiles, tools: ShardTools) -> Counts:
     """A dry run of a set counts its Parquet's matches (``run`` processes sets through :func:`process_set`)."""
     parquet = files.open_sibling(".parquet")
-    decision = decide(ShardFiles(parquet, None, files.name, _no_sibling), tools)
-    return Counts(rows_in=decision.rows, rows_out=decision.rows - decision.removed_rows)
+    expected, images = None, None
+    if tools.rule.key.image != "none":
+        tools, images = by_images(files, tools)
+        expected = tools.rule.key_set.size
+    decision = decide(ShardFiles(parquet, None, files.name, _no_sibling), tools, expected)
+    return Counts(rows_in=decision.rows, rows_out=decision.rows - decision.removed_rows, images=images)

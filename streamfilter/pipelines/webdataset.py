@@ -29,6 +29,7 @@ from ..keys import require_columns
 from ..store.uris import sibling
 from . import Counts, ShardFiles, ShardTools
 from .jsonl import KeyBatch, parse_json
+from .tar_images import ImageKeys
 
 BATCH_SAMPLES = 512
 BATCH_BYTES = 64 * 1024 * 1024
@@ -143,28 +144,56 @@ class SidecarKeys:
         return keep, unkeyed
 
 
+Keys = JsonKeys | SidecarKeys | ImageKeys
+
+
 def filter_shard(files: ShardFiles, tools: ShardTools) -> Counts:
     """Filter one tar shard; without a sink only counts (and members larger than a read chunk go unread)."""
     # An img2dataset set hands over the sidecar keys it already read with its decision.
     keys = files.state.get("sidecar_keys")
     if keys is None:
-        keys = SidecarKeys.read(files, tools) if tools.sidecar == "parquet" else JsonKeys(files, tools)
+        keys = _keys_for(files, tools)
     reader = TarReader(files.source, files.name)
     counts = Counts(members_in=0, members_out=0, unkeyed=0)
     if files.sink is None:
         for _ in kept_runs(reader, keys, counts, tools):
             pass
-        return counts
-    writer = TarWriter(files.sink)
-    for start, end in kept_runs(reader, keys, counts, tools):
-        reader.copy(start, end, writer.write)
-    writer.close()
+    else:
+        writer = TarWriter(files.sink)
+        for start, end in kept_runs(reader, keys, counts, tools):
+            reader.copy(start, end, writer.write)
+        writer.close()
+    if isinstance(keys, ImageKeys):
+        counts.images = keys.tally
+        counts.unkeyed += keys.earlier_unkeyed  # type: ignore[operator]
     return counts
 
 
-def kept_runs(
-    reader: TarReader, keys: JsonKeys | SidecarKeys, counts: Counts, tools: ShardTools
-) -> Iterator[tuple[int, int]]:
+def _keys_for(files: ShardFiles, tools: ShardTools) -> Keys:
+    if tools.rule.key.image != "none":
+        return ImageKeys(files, tools)
+    return SidecarKeys.read(files, tools) if tools.sidecar == "parquet" else JsonKeys(files, tools)
+
+
+def scans(tools: ShardTools) -> bool:
+    """Tars are scanned only when keyed by image: hashing is the cost, and the rewrite reuses its decisions."""
+    return tools.rule.key.image != "none"
+
+
+def scan_shard(files: ShardFiles, tools: ShardTools) -> Counts | None:
+    """Hash every sample's image: the counts if none goes, else None (decisions left for the rewrite)."""
+    keys = ImageKeys(files, tools)
+    counts = Counts(members_in=0, members_out=0, unkeyed=0)
+    for _ in kept_runs(TarReader(files.source, files.name), keys, counts, tools):
+        pass
+    counts.images = keys.tally
+    if counts.rows_out == counts.rows_in:
+        return counts
+    keys.keep_for_rewrite(files, counts.unkeyed)  # type: ignore[arg-type]
+    return None
+
+
+def kept_runs(reader: TarReader, keys: Keys, counts: Counts, tools: ShardTools) -> Iterator[tuple[int, int]]:
     """The byte ranges of the kept samples, adjacent ones merged, decided a batch at a time.
 
     A range's bytes stay readable through ``reader`` until the generator is resumed: the
@@ -181,7 +210,7 @@ def kept_runs(
 
 
 def _decide(
-    batch: list[Sample], keys: JsonKeys | SidecarKeys, reader: TarReader, counts: Counts, tools: ShardTools
+    batch: list[Sample], keys: Keys, reader: TarReader, counts: Counts, tools: ShardTools
 ) -> Iterator[tuple[int, int]]:
     tools.check_cancelled(reader.name)
     reader.verify()  # decide nothing on a corrupt header

@@ -6,7 +6,7 @@ from typing import Literal, Protocol
 
 import pyarrow as pa
 
-Kind = Literal["exact", "fingerprints", "bloom"]
+Kind = Literal["exact", "fingerprints", "bloom", "pdq"]
 
 
 class KeySet(Protocol):
@@ -16,7 +16,8 @@ class KeySet(Protocol):
     digest: str
     #: Distinct keys (or fingerprints) in the set.
     size: int
-    #: ``exact`` compares key for key; ``fingerprints`` 64-bit hashes; ``bloom`` a filter.
+    #: ``exact`` compares key for key; ``fingerprints`` 64-bit hashes; ``bloom`` a filter; ``pdq`` image
+    #: hashes within a Hamming distance.
     kind: Kind
 
     def contains(self, keys: pa.Array) -> pa.Array:

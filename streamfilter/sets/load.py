@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -212,6 +213,23 @@ def entry_place(uri: str, lines: pa.Array | None, base: int = 0) -> Callable[[in
     return where
 
 
+async def _read_list(uri: str, column: str | None, stores: Stores) -> tuple[pa.Array, pa.Array | None]:
+    """One list's entries as text, and the line of each (None for a table); refused in one line if unreadable."""
+    try:
+        data = decompress(uri, await stores.for_uri(uri).read_all(uri))
+        keys, lines = text_keys(data) if column is None else (table_keys(uri, data, column), None)
+    except UsageError:
+        raise
+    except StreamfilterError as exc:
+        raise UsageError(f"cannot read blocklist: {exc}") from None
+    except (OSError, EOFError, ValueError, pa.ArrowException, zstandard.ZstdError) as exc:
+        raise UsageError(f"cannot parse blocklist {redact_uri(uri)}: {describe(exc)}") from None
+    if keys.null_count == len(keys):
+        # An empty list is nearly always the wrong file; in allow mode it would empty every shard.
+        raise UsageError(f"blocklist {redact_uri(uri)} holds no keys; check the file (and the column)")
+    return keys, lines
+
+
 async def load_keys(
     sources: list[str], stores: Stores, spec: KeySpec | None = None, rules: RuleEntries | None = None
 ) -> list[pa.Array]:
@@ -224,18 +242,7 @@ async def load_keys(
     arrays = []
     for source in sources:
         uri, column = parse_source(source)
-        try:
-            data = decompress(uri, await stores.for_uri(uri).read_all(uri))
-            keys, lines = text_keys(data) if column is None else (table_keys(uri, data, column), None)
-        except UsageError:
-            raise
-        except StreamfilterError as exc:
-            raise UsageError(f"cannot read blocklist: {exc}") from None
-        except (OSError, EOFError, ValueError, pa.ArrowException, zstandard.ZstdError) as exc:
-            raise UsageError(f"cannot parse blocklist {redact_uri(uri)}: {describe(exc)}") from None
-        if keys.null_count == len(keys):
-            # An empty list is nearly always the wrong file; in allow mode it would empty every shard.
-            raise UsageError(f"blocklist {redact_uri(uri)} holds no keys; check the file (and the column)")
+        keys, lines = await _read_list(uri, column, stores)
         if spec is not None and rules is not None:
             keys, lines = split_rules(keys, lines, spec, entry_place(uri, lines), rules)
         if spec is not None:
@@ -248,7 +255,10 @@ async def load_keys(
 
 async def build_key_set(sources: list[str], spec: KeySpec, stores: Stores) -> KeySet:
     """The run's membership set from its lists: 64-bit values in a fingerprint set, others exact;
-    with domain:/prefix: rules, exact keys and rules in one :class:`.rules.RuleKeySet`."""
+    with domain:/prefix: rules, exact keys and rules in one :class:`.rules.RuleKeySet`; with an image
+    hash as the key, the lists' hex PDQ hashes in a :class:`.perceptual.PdqKeySet`."""
+    if spec.image == "pdq":
+        return await _pdq_key_set(sources, spec, stores)
     rules = RuleEntries()
     arrays = await load_keys(sources, stores, spec, rules)
     if spec.is_64bit or (arrays and pa.types.is_uint64(arrays[0].type)):
@@ -257,6 +267,19 @@ async def build_key_set(sources: list[str], spec: KeySpec, stores: Stores) -> Ke
         return HashedKeySet.from_values(pa.concat_arrays(arrays))
     exact = ExactKeySet(pa.concat_arrays([as_bytes(keys) for keys in arrays]))
     return rule_key_set(exact if exact.size else None, rules) if rules else exact
+
+
+async def _pdq_key_set(sources: list[str], spec: KeySpec, stores: Stores) -> KeySet:
+    from ..image_hash import check_available
+    from .perceptual import PdqKeySet, parse_hex  # numba: only runs that match images pay its import
+
+    check_available()  # before any shard: the run would fail every one of them
+    hashes = []
+    for source in sources:
+        uri, column = parse_source(source)
+        keys, lines = await _read_list(uri, column, stores)
+        hashes.append(parse_hex(keys, entry_place(uri, lines)))
+    return PdqKeySet(np.concatenate(hashes), spec.max_distance)
 
 
 #: The flag that sets each KeySpec field, for messages.
