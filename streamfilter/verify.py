@@ -2,7 +2,9 @@
 
 Each receipt names an output. The outputs are read again (key columns only) and
 matched against the list: in deny mode no row may match, in allow mode every row
-must, and the row count must be the one the receipt recorded.
+must, and the row count must be the one the receipt recorded. The .npy files of an
+embedding set are checked by their headers: present, whole, and as many rows as
+the set's metadata.
 """
 
 from __future__ import annotations
@@ -62,4 +64,22 @@ async def verify_outputs(spec: JobSpec, *, progress: Progress | None = None) -> 
         elif shard.rows_in != receipt.rows_out:
             problem = f"{shard.rows_in} rows, the receipt says {receipt.rows_out}"
         verdicts.append(Verdict(receipt.output, problem is None, shard.rows_in, problem))
+    await check_vectors(spec, verdicts)
     return verdicts
+
+
+async def check_vectors(spec: JobSpec, verdicts: list[Verdict]) -> None:
+    """The .npy files beside each embedding set's metadata that passed: a problem fails its verdict."""
+    from .formats.embedding_set import is_metadata
+    from .pipelines.embeddings import vectors_problem
+
+    sets = [v for v in verdicts if v.ok and is_metadata(v.output)]
+    if not sets:
+        return
+    stores = Stores(spec.stores)
+    try:
+        for verdict in sets:
+            verdict.problem = await vectors_problem(stores, verdict.output, verdict.rows)
+            verdict.ok = verdict.problem is None
+    finally:
+        await stores.aclose()

@@ -234,3 +234,31 @@ def test_report_json_has_no_positions(tmp_path: Path) -> None:
     write_files(root, sets[0])
     report = run(str(root), tmp_path, listed_of(sets, {0: [1]}), output=str(tmp_path / "out"))
     assert "removed_positions" not in json.dumps(report.to_dict())
+
+
+def test_verify_rechecks_the_vectors_beside_each_metadata(tmp_path: Path, capsys) -> None:
+    from streamfilter import cli
+
+    root, out = tmp_path / "in", tmp_path / "out"
+    sets = [make_set_files(i, rows=30) for i in range(3)]
+    for files in sets:
+        write_files(root, files)
+    listed = listed_of(sets, {0: [1], 2: [5, 6]})
+    assert run(str(root), tmp_path, listed, output=str(out)).ok
+    blocklist = str(tmp_path / "list.txt")
+    capsys.readouterr()
+    assert cli.main(["verify", str(out), "--blocklist", blocklist]) == 0
+    assert "verified 3 outputs, 87 rows: 3 clean, 0 failed" in capsys.readouterr().out
+
+    # A .npy cut short, and one with a row fewer than its metadata (written whole by np.save), both fail.
+    truncated = out / "img_emb/img_emb_0000.npy"
+    truncated.write_bytes(truncated.read_bytes()[:-7])
+    shorter = out / "text_emb/text_emb_0002.npy"
+    shorter.write_bytes(npy_bytes(np.load(shorter)[:-1]))
+    assert cli.main(["verify", str(out), "--blocklist", blocklist]) == 1
+    captured = capsys.readouterr()
+    assert "1 clean, 2 failed" in captured.out
+    err = captured.err.splitlines()
+    assert len(err) == 2
+    assert any("metadata_0000.parquet" in line and "is truncated" in line for line in err)
+    assert any("metadata_0002.parquet" in line and "has 27 rows, its metadata 28" in line for line in err)

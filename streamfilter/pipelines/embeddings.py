@@ -33,6 +33,7 @@ from ..formats.embedding_set import KINDS, is_member, kind_folder, member
 from ..formats.npy import FIRST_BYTES, NpyHeader, header_length, kept_byte_ranges, parse_header, rewritten_header
 from ..formats.parquet import ParquetShard
 from ..keys import require_columns
+from ..ledger import ShardReport
 from ..removed_ids import attach
 from ..shard_io import OpenedFiles, RunContext, keep_unchanged, rewrite
 from ..store import Refused
@@ -40,7 +41,6 @@ from . import Counts, ShardFiles, ShardTools, pipeline_for
 from .npy_stream import stream_rows
 
 if TYPE_CHECKING:
-    from ..ledger import ShardReport
     from ..plan import Shard
     from ..store import ObjectInfo, Stores
 
@@ -121,6 +121,22 @@ async def find_kind(stores: Stores, metadata: str, kind: str, report: ShardRepor
             ) from None
         return None
     return Vectors(kind, info, await read_header(stores, info, report))
+
+
+async def vectors_problem(stores: Stores, metadata: str, rows: int) -> str | None:
+    """What is wrong with the .npy files of a committed set whose metadata has ``rows`` rows (``verify``):
+    one missing where others of its kind lie, a header that does not parse or is refused, a size its
+    header does not account for, or a row count other than the metadata's. None when all is well, or
+    when no vectors lie beside the metadata at all (it was filtered as Parquet alone)."""
+    scratch = ShardReport(metadata, None)
+    try:
+        found = await gather([lambda kind=kind: find_kind(stores, metadata, kind, scratch) for kind in KINDS])
+    except StreamfilterError as exc:
+        return str(exc)
+    for v in found:
+        if v is not None and v.header.rows != rows:
+            return f"{redact_uri(v.info.uri)} has {v.header.rows} rows, its metadata {rows}"
+    return None
 
 
 async def gather(steps: list[Callable[[], Awaitable[T]]]) -> list[T]:
