@@ -65,8 +65,7 @@ class LocalUpload(Upload):
         self._file.flush()
         copier = _RangeCopier(self._file.fileno(), self._file.tell())
         with open(src, "rb", buffering=0) as f:
-            for start, end in ranges:
-                copier.copy(f.fileno(), start, end, src)
+            copier.copy_all(f.fileno(), ranges, src)
         self._file.seek(copier.pos)
         return copier.through_us
 
@@ -96,18 +95,61 @@ class LocalUpload(Upload):
 
 #: errnos of a copy_file_range the kernel or file system does not offer for these two files.
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF, errno.EPERM}
-#: Bytes a fallback copy holds at once.
+#: Bytes read at once for ranges gathered through the process (and for a refused kernel copy).
 _COPY_BUFFER = 8 * 1024 * 1024
+#: Ranges this long or longer are copied by the kernel; shorter ones are read a buffer at a time and written
+#: with one gathering call: a syscall a range costs more than the bytes for rows of a few KiB (measured:
+#: 32 x 24 MiB .npy with 5% of rows cut, copy_file_range a range 0.59 s, read + writev 0.41 s, a whole-file
+#: copy_file_range 0.41 s).
+_KERNEL_RANGE = 1024 * 1024
+#: At most this many buffers in one writev (Linux's IOV_MAX).
+_IOV_MAX = 1024
 
 
 class _RangeCopier:
-    """Byte ranges appended to one output file, by ``copy_file_range`` until the kernel refuses it for
-    these files (another file system, an old kernel), then through a bounded buffer."""
+    """Byte ranges appended to one output file: long ones by ``copy_file_range`` until the kernel refuses it
+    for these files (another file system, an old kernel), short ones gathered through one bounded buffer."""
 
     def __init__(self, out: int, pos: int) -> None:
         self.out, self.pos = out, pos
         self.kernel = hasattr(os, "copy_file_range")
         self.through_us = 0
+        self._buffer: memoryview | None = None
+
+    def copy_all(self, src: int, ranges: list[tuple[int, int]], name: str) -> None:
+        i = 0
+        while i < len(ranges):
+            start, end = ranges[i]
+            if end - start >= _KERNEL_RANGE:
+                self.copy(src, start, end, name)
+                i += 1
+                continue
+            j = i + 1  # the short ranges that fit one buffer with the rows between them
+            while (
+                j < len(ranges) and ranges[j][1] - start <= _COPY_BUFFER and ranges[j][1] - ranges[j][0] < _KERNEL_RANGE
+            ):
+                j += 1
+            self.gather(src, ranges[i:j], name)
+            i = j
+
+    def gather(self, src: int, ranges: list[tuple[int, int]], name: str) -> None:
+        """Ranges within one buffer's span of ``src``: one read, then gathering writes of the kept slices."""
+        if self._buffer is None:
+            self._buffer = memoryview(bytearray(_COPY_BUFFER))
+        lo, hi = ranges[0][0], ranges[-1][1]
+        if os.preadv(src, [self._buffer[: hi - lo]], lo) != hi - lo:
+            raise ShardError(f"short read from {name}: it ends before byte {hi}; it changed, run again")
+        self.through_us += hi - lo
+        views = [self._buffer[start - lo : end - lo] for start, end in ranges]
+        done = 0  # views written whole
+        while done < len(views):
+            n = os.pwritev(self.out, views[done : done + _IOV_MAX], self.pos)
+            self.pos += n
+            while done < len(views) and n >= len(views[done]):
+                n -= len(views[done])
+                done += 1
+            if n:  # a short write ended inside this view: its rest goes next
+                views[done] = views[done][n:]
 
     def copy(self, src: int, start: int, end: int, name: str) -> None:
         while start < end:
