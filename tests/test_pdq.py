@@ -20,46 +20,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from helpers import read_parquet, s3_get
+from pdq_helpers import encode, make_tar, natural, reference_hash, write_hex_list
 from wds_helpers import assert_same_entries, entries, reference_tar, sample_key
 
 from streamfilter import cli
 from streamfilter.errors import UsageError
 from streamfilter.sets.perceptual import PdqKeySet, parse_hex
 
-pdqhash = pytest.importorskip("pdqhash")
 Image = pytest.importorskip("PIL.Image")
 
 FIXTURE = Path(__file__).parent / "fixtures" / "img2dataset"
 
 
-# -- images and their reference hashes ---------------------------------------------------------------
-
-
-def natural(seed: int, size: int = 256) -> Image.Image:
-    """A photo-like image: smooth structure at three scales (PDQ of pure noise says little)."""
-    rng = np.random.default_rng(seed)
-    pixels = np.zeros((size, size, 3), np.float32)
-    for scale in (4, 16, 64):
-        small = Image.fromarray((rng.random((scale, scale, 3)) * 255).astype(np.uint8))
-        pixels += np.asarray(small.resize((size, size), Image.BICUBIC), np.float32) / scale**0.5
-    return Image.fromarray((pixels / pixels.max() * 255).astype(np.uint8))
-
-
-def encode(image: Image.Image, fmt: str = "JPEG", **options) -> bytes:
-    out = io.BytesIO()
-    image.save(out, fmt, **options)
-    return out.getvalue()
-
-
-def reference_hash(data: bytes) -> bytes:
-    """The reference PDQ hash of an encoded image, decoded whole: 32 bytes, most significant bit first."""
-    bits, _quality = pdqhash.compute(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
-    return np.packbits(np.asarray(bits, np.uint8)).tobytes()
-
-
-def write_hex_list(path: Path, hashes: list[bytes], comment: str = "# PDQ hashes\n") -> Path:
-    path.write_text(comment + "".join(h.hex() + "\n" for h in hashes))
-    return path
+# -- images as a derivative holds them -------------------------------------------------------------------
 
 
 def variants(image: Image.Image) -> dict[str, bytes]:
@@ -70,19 +43,6 @@ def variants(image: Image.Image) -> dict[str, bytes]:
         "quality 40": encode(image, quality=40),
         "cropped 1%": encode(image.crop((w // 100, h // 100, w - w // 100, h - h // 100)), quality=90),
     }
-
-
-def make_tar(path: Path, images: dict[str, bytes]) -> Path:
-    """A WebDataset tar: per sample an image (its extension from the name), a .json and a .txt."""
-    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
-        for name, data in images.items():
-            key, ext = name.rsplit(".", 1)
-            for member, body in ((f"{key}.{ext}", data), (f"{key}.json", json.dumps({"url": key}).encode()),
-                                 (f"{key}.txt", b"a caption")):  # fmt: skip
-                info = tarfile.TarInfo(member)
-                info.size, info.mtime = len(body), 1_650_000_000
-                tar.addfile(info, io.BytesIO(body))
-    return path
 
 
 def run(argv: list[str], report: Path) -> tuple[int, dict]:

@@ -160,6 +160,33 @@ def test_local_files_against_the_reference(ray_instance, tmp_path: Path, mode: s
     assert report.totals["rows_out"] == sum(reference_filter(t, listed, mode=mode).num_rows for t in tables.values())
 
 
+def test_tars_matched_by_image_hash(ray_instance, tmp_path: Path) -> None:
+    """--image-hash pdq on Ray: the PDQ index travels to the tasks; outputs against tarfile's reference."""
+    from pdq_helpers import encode, make_tar, natural, reference_hash, write_hex_list
+    from wds_helpers import reference_tar, sample_key
+
+    (tmp_path / "in").mkdir()
+    tars = {
+        "00000.tar": {f"a{i}.jpg": encode(natural(i)) for i in range(4)},
+        "00001.tar": {f"b{i}.jpg": encode(natural(10 + i)) for i in range(4)},
+    }
+    for name, images in tars.items():
+        make_tar(tmp_path / "in" / name, images)
+    listed = write_hex_list(tmp_path / "pdq.txt", [reference_hash(encode(natural(2), quality=60))])
+
+    report = streamfilter.run(
+        [str(tmp_path / "in" / "*.tar")], output=str(tmp_path / "out"), blocklist=[str(listed)], image_hash="pdq",
+        executor="ray", quiet=True,
+    )  # fmt: skip
+
+    assert report.ok, [s.error for s in report.shards]
+    for name in tars:
+        _, expected = reference_tar(tmp_path / "in" / name, lambda sample: sample_key(sample[0].name) == "a2")
+        assert (tmp_path / "out" / name).read_bytes() == expected
+    assert [s.images["matched"] for s in report.shards] == [1, 0]  # type: ignore[index]
+    assert [s.output_via for s in report.shards] == ["rewrite", "byte_copy"]
+
+
 def test_a_corrupt_shard_fails_alone_with_one_line(ray_instance, tmp_path: Path) -> None:
     tables, listed, blocklist = local_shards(tmp_path, seed=74)
     bad = tmp_path / "in" / NAMES[2]
