@@ -417,3 +417,29 @@ def test_jsonl_dry_run_counts_each_kind(tmp_path: Path) -> None:
     (got,) = json.loads(report.read_text())["shards"]
     assert (got["rows_in"], got["rows_removed"]) == (5, 3)
     assert got["removed_by"] == {"exact": 1, "domain": 1, "prefix": 1}
+
+
+def test_exact_tag_lists_a_key_that_begins_with_a_rule_tag(tmp_path: Path) -> None:
+    """``exact:domain:weird`` is the key ``domain:weird``, not a rule; the tag goes in filter files too."""
+    keys = ["domain:weird", "https://weird/", "prefix:x", "https://example.com/a", "exact:plain"]
+    shard = tmp_path / "in" / "a.jsonl"
+    shard.parent.mkdir()
+    shard.write_text("".join(json.dumps({"k": k}) + "\n" for k in keys))
+    listing = tmp_path / "list.txt"
+    listing.write_text("exact:domain:weird\nexact:prefix:x\ndomain:example.com\n")
+    report = tmp_path / "r.json"
+    code = cli.main(
+        ["run", str(shard), "--dry-run", "--key", "k", "--blocklist", str(listing), "--report", str(report)]
+    )
+    assert code == 0
+    (got,) = json.loads(report.read_text())["shards"]
+    assert (got["rows_in"], got["rows_removed"]) == (5, 3)
+    assert got["removed_by"] == {"exact": 2, "domain": 1, "prefix": 0}
+
+    listing.write_text("exact:domain:weird\nexact:prefix:x\n")
+    built = tmp_path / "f.bin"
+    assert cli.main(["build-filter", str(listing), "--key-hash", "xxh3_64", "--out", str(built), "--key", "k"]) == 0
+    code = cli.main(["run", str(shard), "--dry-run", "--filter", str(built), "--report", str(report)])
+    assert code == 0
+    (got,) = json.loads(report.read_text())["shards"]
+    assert got["rows_removed"] == 2

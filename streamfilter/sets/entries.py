@@ -70,6 +70,20 @@ def _int_values(keys: pa.Array, spec: KeySpec, where: Callable[[int], str]) -> p
     return pa.array(values, pa.uint64())
 
 
+#: A line ``exact:KEY`` lists the key ``KEY`` itself: the escape for keys that begin with a rule's tag.
+EXACT = "exact:"
+
+
+def untagged(keys: pa.Array) -> pa.Array:
+    """Entries with their ``exact:`` tag taken off (``exact:domain:x`` is the key ``domain:x``)."""
+    if not (pa.types.is_large_string(keys.type) or pa.types.is_string(keys.type)):
+        return keys
+    tagged = pc.fill_null(pc.starts_with(keys, EXACT), False)
+    if not pc.any(tagged).as_py():
+        return keys
+    return pc.if_else(tagged, pc.utf8_slice_codeunits(keys, len(EXACT)), keys)
+
+
 def entry_values(keys: pa.Array, spec: KeySpec, where: Callable[[int], str]) -> pa.Array:
     """The lookup values of one list's entries; ``where(i)`` names entry ``i``'s file and line.
 
@@ -77,6 +91,7 @@ def entry_values(keys: pa.Array, spec: KeySpec, where: Callable[[int], str]) -> 
     """
     refuse_rules(keys, where, "cannot go in a filter file (it keeps only key hashes); list it with "
                  "run --blocklist, where rules match the raw URL")  # fmt: skip
+    keys = untagged(keys)
     if spec.entries == "hex":
         return _hex_values(keys, spec, where)
     if spec.entries == "int":
