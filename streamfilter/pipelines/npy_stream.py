@@ -3,8 +3,9 @@
 The fallback to server-side assembly, and the only way between different stores:
 each chunk is one ranged read covering its first to last kept row, the rows that
 go are dropped from it as bytes (NumPy boolean indexing of a (rows, row_bytes)
-uint8 view: the vectors are not decoded), and full parts go to the upload. Memory
-is a chunk, a part and the parts the store keeps in flight, whatever the file size.
+uint8 view: the vectors are not decoded), and the chunks go to the upload as parts
+once they add up to one (each byte joined into a part once). Memory is a chunk, a
+part and the parts the store keeps in flight, whatever the file size.
 The next chunk is fetched while the current one is cut and uploaded.
 """
 
@@ -48,15 +49,17 @@ async def stream_rows(
 
     async with target.open_write(dst) as upload, anyio.create_task_group() as tg:
         tg.start_soon(fetch_all)
-        pending = bytearray(head)
+        # Chunks wait here until they make a part (parts may be longer than part_size): joined once into it.
+        pending, size = [head], len(head)
         async with receive:
             for _, _, mask in spans:
                 data = await receive.receive()
                 fetched += len(data)
                 if mask is not None:
                     data = await anyio.to_thread.run_sync(select_rows, data, row, mask)
-                pending += data
-                while len(pending) >= target.part_size:
-                    await upload.write_part(bytes(pending[: target.part_size]))
-                    del pending[: target.part_size]
-        return await upload.commit(bytes(pending)), fetched
+                pending.append(data)
+                size += len(data)
+                if size >= target.part_size:
+                    await upload.write_part(b"".join(pending))
+                    pending, size = [], 0
+        return await upload.commit(b"".join(pending)), fetched
