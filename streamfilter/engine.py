@@ -107,6 +107,7 @@ async def process_shard(shard: Shard, ctx: RunContext) -> ShardReport:
             report.rows_in, report.rows_out = receipt.rows_in, receipt.rows_out
             report.earlier_bytes_written, report.output_etag = receipt.output_size, receipt.output_etag
             report.bytes_saved = info.size - receipt.output_size
+            report.removed_by, report.kept_by, report.images = receipt.removed_by, receipt.kept_by, receipt.images
             report.resumed = True
         else:
             process_set = set_processor_for(fmt) if shard.output is not None else None

@@ -47,12 +47,13 @@ class ShardReport:
     abandoned_uploads: list[dict[str, str]] = field(default_factory=list)
     #: Lists with domain:/prefix: rules only: the rows removed by each kind ({"exact", "domain",
     #: "prefix"}; a row matched by several is credited to exact, then prefix, then domain), or in
-    #: allow mode the rows each kind kept. None for a shard resumed or an img2dataset set copied unchanged.
+    #: allow mode the rows each kind kept (a shard resumed: as its receipt recorded them). None for an
+    #: img2dataset set copied unchanged.
     removed_by: dict[str, int] | None = None
     kept_by: dict[str, int] | None = None
     #: Tars keyed by image hash (``--image-hash``): samples whose image was ``hashed``, those ``matched``
     #: (within the distance) and ``undecodable`` ones, and ``distances``: how many matches lay at each
-    #: distance, in bits. Never the hashes. None for other runs and for a shard resumed.
+    #: distance, in bits. Never the hashes. None for other runs; a shard resumed gives its receipt's.
     images: dict | None = None
 
 
@@ -195,6 +196,10 @@ class Receipt:
     #: True when the scan read and matched every key and found nothing to remove: the output is
     #: a byte copy of the input (or, in place, the input itself, untouched).
     verified_clean: bool = False
+    #: The shard report's counts by kind of rule and of its images, given again when a rerun resumes it.
+    removed_by: dict[str, int] | None = None
+    kept_by: dict[str, int] | None = None
+    images: dict | None = None
 
     def to_json(self) -> bytes:
         return (json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n").encode()
@@ -292,6 +297,9 @@ class ReceiptBook:
             rows_out=report.rows_out,
             rows_removed=report.rows_in - report.rows_out,
             verified_clean=report.output_via in ("unchanged", "server_copy", "byte_copy"),
+            removed_by=report.removed_by,
+            kept_by=report.kept_by,
+            images=report.images,
         )
         uri = receipt_uri(self.output_root, name)
         try:

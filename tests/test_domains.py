@@ -323,6 +323,14 @@ def test_cli_run_matches_the_reference(rule_run, mode: str) -> None:
         for kind in totals:
             totals[kind] += counts[kind]
     assert report["totals"]["removed_by" if mode == "deny" else "kept_by"] == totals
+    # A rerun resumes every shard from its receipt and reports the same counts by kind.
+    assert cli.main(["run", str(tmp_path / "in"), "--output", str(out), "--blocklist", str(listing),
+                     "--key", "url", "--mode", mode, "--report", str(report_path)]) == 0  # fmt: skip
+    rerun = json.loads(report_path.read_text())
+    assert all(s["resumed"] for s in rerun["shards"])
+    assert [s["removed_by"] for s in rerun["shards"]] == [s["removed_by"] for s in report["shards"]]
+    assert [s["kept_by"] for s in rerun["shards"]] == [s["kept_by"] for s in report["shards"]]
+    assert rerun["totals"]["removed_by" if mode == "deny" else "kept_by"] == totals
 
 
 def listed_after_url_normalization(url: str | None) -> bool:

@@ -134,6 +134,9 @@ def test_variants_of_listed_images_go_and_unrelated_images_stay(photos, tmp_path
     assert sum(images_seen["distances"].values()) == 9
     assert all(0 <= int(d) <= 31 for d in images_seen["distances"])
     assert report["totals"]["images"]["matched"] == 9
+    code, rerun = run(argv, tmp_path / "rerun.json")  # resumed from its receipt: the same image counts
+    assert code == 0 and rerun["shards"][0]["resumed"]
+    assert rerun["shards"][0]["images"] == images_seen and rerun["totals"]["images"] == report["totals"]["images"]
     assert report["set_size"] == 3
     text = (tmp_path / "report.json").read_text()
     assert not any(line in text for line in listed.read_text().split()[3:])  # never the hashes
