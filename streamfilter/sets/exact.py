@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..keys import as_bytes
+from .arrays import FALSE, as_mask, from_numpy, numbers
 
 SMALL_SET = 131_072
 #: Sets past this many keys keep sorted hashes too, for batches small beside them (see the module's doc).
@@ -163,7 +164,7 @@ class ExactKeySet:
         else:
             order, hashes = _unique_by_hash(keys, self._hasher(keys))
             if len(order) < len(keys) * (1 - DUPLICATES_COPIED) or len(order) <= min(HASHED_FROM, SMALL_SET):
-                keys = keys.take(pa.array(order))  # a list of many repeats: only the distinct keys kept
+                keys = keys.take(from_numpy(order))  # a list of many repeats: only the distinct keys kept
             else:
                 self._order = order.astype(np.uint32) if len(keys) < 1 << 32 else order
             if len(order) <= min(HASHED_FROM, SMALL_SET):
@@ -181,8 +182,8 @@ class ExactKeySet:
     def _members(self, positions: np.ndarray | None) -> pa.Array:
         """The members at ``positions`` of the hash order (all of them: None)."""
         if self._order is None:
-            return self._keys if positions is None else self._keys.take(pa.array(positions))
-        return self._keys.take(pa.array(self._order if positions is None else self._order[positions]))
+            return self._keys if positions is None else self._keys.take(from_numpy(positions))
+        return self._keys.take(from_numpy(self._order if positions is None else self._order[positions]))
 
     def contains(self, keys: pa.Array) -> pa.Array:
         """A boolean per key, never null: null keys are never members."""
@@ -191,7 +192,7 @@ class ExactKeySet:
             found = pc.is_in(keys, value_set=self._keys)  # repeats in a value set change nothing
         else:
             found = self._lookup_hashed(keys)
-        return pc.fill_null(found, False)
+        return pc.fill_null(found, FALSE) if found.null_count else found
 
     def _lookup_hashed(self, keys: pa.Array) -> pa.Array:
         assert self._hashes is not None and self._table is not None
@@ -204,9 +205,9 @@ class ExactKeySet:
             counts = np.searchsorted(self._hashes, hashes[rows], side="right") - lo
             first = np.repeat(lo - np.cumsum(counts) + counts, counts)
             same_hash = first + np.arange(counts.sum())
-            confirmed = pc.is_in(keys.take(pa.array(rows)), value_set=self._members(same_hash))
-            result[rows] = pc.fill_null(confirmed, False).to_numpy(zero_copy_only=False)
-        return pa.array(result)
+            confirmed = pc.is_in(keys.take(from_numpy(rows)), value_set=self._members(same_hash))
+            result[rows] = as_mask(confirmed)
+        return from_numpy(result)
 
 
 def _unique_by_hash(keys: pa.Array, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -228,15 +229,13 @@ def _unique_by_hash(keys: pa.Array, hashes: np.ndarray) -> tuple[np.ndarray, np.
         shared[:-1] |= ties
         at = np.flatnonzero(shared)
         rows = order[at]
-        tied = pa.table({"h": pa.array(hashes[at]), "k": keys.take(pa.array(rows))})
-        by_key = pc.sort_indices(tied, sort_keys=[("h", "ascending"), ("k", "ascending")]).to_numpy()
+        tied = pa.Table.from_arrays([from_numpy(hashes[at]), keys.take(from_numpy(rows))], names=["h", "k"])
+        by_key = numbers(pc.sort_indices(tied, sort_keys=[("h", "ascending"), ("k", "ascending")]))
         order[at] = rows[by_key]
-        tied = tied.take(pa.array(by_key))
+        tied = tied.take(from_numpy(by_key))
         same = ties[at[1:] - 1] & (at[1:] == at[:-1] + 1)  # neighbours in one run of equal hashes
         duplicate = np.zeros(len(at), dtype=bool)
-        duplicate[1:] = same & pc.equal(tied["k"].slice(1), tied["k"].slice(0, len(at) - 1)).to_numpy(
-            zero_copy_only=False
-        )
+        duplicate[1:] = same & as_mask(pc.equal(tied["k"].slice(1), tied["k"].slice(0, len(at) - 1)))
         if duplicate.any():
             keep = np.ones(len(hashes), dtype=bool)
             keep[at[duplicate]] = False
@@ -260,7 +259,7 @@ def _hash_order_digest(keys: pa.Array, order: np.ndarray | None) -> str:
         h.update(data)
     else:
         for i in range(0, len(order), _DIGEST_STEP):
-            h.update(_offsets_and_data(keys.take(pa.array(order[i : i + _DIGEST_STEP])))[1])
+            h.update(_offsets_and_data(keys.take(from_numpy(order[i : i + _DIGEST_STEP])))[1])
     return "sha256:" + h.hexdigest()
 
 

@@ -11,6 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .arrays import from_numpy
+
 #: Bytes ``str.splitlines`` splits at besides ``\n`` and ``\r``: VT, FF, FS, GS, RS (U+0085 and
 #: U+2028/9 are multi-byte in UTF-8: see _has_unicode_line_separator).
 _SPLITTING_BYTES = (b"\x0b", b"\x0c", b"\x1c", b"\x1d", b"\x1e")
@@ -34,7 +36,7 @@ def keys_of_lines(lines: pa.Array) -> tuple[pa.Array, pa.Array]:
     kept = offsets[1:] > offsets[:-1]
     kept[kept] = text[offsets[:-1][kept]] != ord("#")
     index = np.flatnonzero(kept).astype(np.uint64)
-    return (keys if len(index) == len(keys) else keys.filter(pa.array(kept))), pa.array(index)
+    return (keys if len(index) == len(keys) else keys.filter(from_numpy(kept))), from_numpy(index)
 
 
 def _split_on_newlines(data: bytes) -> pa.Array | None:
