@@ -16,6 +16,7 @@ contiguous in the input and written as single spans.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import numpy as np
@@ -26,6 +27,7 @@ from ..errors import ShardError
 from ..formats.parquet import ParquetShard
 from ..formats.webdataset import Sample, TarReader, TarWriter
 from ..keys import require_columns
+from ..progress import Progress
 from ..store.uris import sibling
 from . import Counts, ShardFiles, ShardTools
 from .jsonl import KeyBatch, parse_json
@@ -153,6 +155,8 @@ def filter_shard(files: ShardFiles, tools: ShardTools) -> Counts:
     keys = files.state.get("sidecar_keys")
     if keys is None:
         keys = _keys_for(files, tools)
+    if isinstance(keys, ImageKeys) and keys.removed_starts is not None:
+        tools = dataclasses.replace(tools, progress=Progress.silent())  # the scan counted these rows already
     reader = TarReader(files.source, files.name)
     counts = Counts(members_in=0, members_out=0, unkeyed=0)
     if files.sink is None:
