@@ -30,7 +30,7 @@ from anyio.from_thread import BlockingPortal
 
 from ._version import __version__
 from .concurrency import usable_cpus
-from .errors import StreamfilterError, UsageError, redact_uri
+from .errors import ShardError, StreamfilterError, UsageError, redact_uri
 from .executors import NOT_STARTED, Limits, run_units
 from .formats import detect_format
 from .formats.embedding_set import KINDS, is_metadata, member
@@ -46,6 +46,10 @@ from .store import ObjectInfo, Stores, scheme_of
 from .store.uris import sibling
 
 log = logging.getLogger("streamfilter")
+
+
+#: The formats whose samples have images that --image-hash can match.
+IMAGE_FORMATS = ("webdataset", "img2dataset")
 
 
 def shard_report(shard: Shard, error: str | None = None) -> ShardReport:
@@ -97,6 +101,11 @@ async def process_shard(shard: Shard, ctx: RunContext) -> ShardReport:
     opened = OpenedFiles(ctx)
     try:
         fmt = detect_format(shard.input, ctx.spec.format)
+        if ctx.spec.key.image != "none" and fmt not in IMAGE_FORMATS:
+            raise ShardError(
+                f"{redact_uri(shard.input)} is a {fmt} shard, and --image-hash matches the images in tars; "
+                "leave it out of this run or filter it by key in another"
+            )
         # The listing that found the shard already said what a HEAD would. Should the object change
         # after that, its reads fail on the length or its copy on CopySourceIfMatch; never silently.
         info = shard.info or await ctx.stores.for_uri(shard.input).stat(shard.input)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 from helpers import read_parquet, s3_get
 from pdq_helpers import encode, make_tar, natural, reference_hash, write_hex_list
@@ -296,3 +297,22 @@ def test_img2dataset_sets_lose_the_matched_samples_rows_and_counts(
         assert shard["images"]["matched"] == len(gone)
         if not gone:
             assert shard["output_via"] in ("byte_copy", "server_copy")
+
+
+def test_a_parquet_shard_in_an_image_run_fails_alone(photos, tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    src = make_tar(tmp_path / "in" / "00000.tar", {"a.jpg": encode(photos[1]), "b.jpg": encode(photos[2])})
+    pq.write_table(pa.table({"url": ["x"]}), tmp_path / "in" / "00001.parquet")
+    listed = write_hex_list(tmp_path / "pdq.txt", [reference_hash(encode(photos[2]))])
+    argv = ["run", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--image-hash", "pdq",
+            "--blocklist", str(listed)]  # fmt: skip
+
+    code, report = run(argv, tmp_path / "report.json")
+
+    assert code == 1
+    tar, parquet = report["shards"]
+    assert tar["status"] == "done" and tar["rows_removed"] == 1
+    assert parquet["status"] == "failed" and "is a parquet shard, and --image-hash matches" in parquet["error"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith("_")) == ["00000.tar"]
+    _, expected = reference_tar(src, lambda sample: sample_key(sample[0].name) == "b")
+    assert (tmp_path / "out" / "00000.tar").read_bytes() == expected
