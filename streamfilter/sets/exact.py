@@ -51,8 +51,9 @@ class _PolyHasher:
     """Position-independent polynomial hash of each string, vectorized over a batch.
 
     Sums ``byte * P**global_position`` over the whole data buffer, reduces per
-    string, then multiplies by ``P**-start`` so the value depends only on content.
-    Power tables grow on demand to the largest batch seen.
+    string, then multiplies by ``P**-start`` so the value depends only on content;
+    the length is mixed in after (so zero bytes count), then MurmurHash3's finalizer.
+    Power tables grow on demand to the largest step seen, by doubling.
     """
 
     #: Rows hashed per step: bounds the power tables and temporaries to a few MiB.
@@ -64,7 +65,7 @@ class _PolyHasher:
     def _powers(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         tables = self._tables  # one read: other threads may swap in larger tables
         if len(tables[0]) < n:
-            size = max(n, 1 << 16)
+            size = 1 << max(n - 1, 1 << 19).bit_length()  # a power of two: a few sizes, not one a batch
             tables = self._tables = (_power_table(_P, size), _power_table(_P_INV, size))
         return tables
 
@@ -81,11 +82,11 @@ class _PolyHasher:
         lengths = np.diff(offsets)
         pw, ipw = self._powers(len(data) + 1)
         # One zero past the end, so every start (empty strings at the tail too) is a valid index.
-        weighted = np.zeros(len(data) + 1, dtype=np.uint64)
-        weighted[:-1] = data
-        weighted[:-1] += np.uint64(1)  # so that zero bytes still count
-        weighted[:-1] *= pw[: len(data)]
-        hashes = np.add.reduceat(weighted, starts) * ipw[starts]
+        weighted = np.empty(len(data) + 1, dtype=np.uint64)
+        weighted[-1] = 0
+        np.multiply(data, pw[: len(data)], out=weighted[:-1])  # one pass: widened and weighted
+        hashes = np.add.reduceat(weighted, starts)
+        hashes *= ipw[starts]
         hashes[lengths == 0] = 0
         hashes ^= lengths.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
         return _mix(hashes)
