@@ -84,7 +84,7 @@ class Store(abc.ABC):
     ranged_copy: bool = False
 
     #: True when :meth:`assemble` copies byte ranges of any length within this machine (local files:
-    #: ``copy_file_range``), so it pays for any number of cuts; no part minimum applies.
+    #: ``copy_file_range`` and gathering writes), so it pays for any number of cuts; no part minimum applies.
     kernel_copy: bool = False
 
     #: False for read-only stores (HTTP): outputs and reports cannot go there.

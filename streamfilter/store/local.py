@@ -58,9 +58,9 @@ class LocalUpload(Upload):
         await anyio.to_thread.run_sync(self._file.write, data)
 
     def copy_ranges(self, src: str, ranges: list[tuple[int, int]], head: bytes = b"") -> int:
-        """Append ``head``, then byte ranges of the file ``src`` (blocking): copied by the kernel where it
-        can (``copy_file_range``: no byte passes through this process), else read and written.
-        Returns the bytes that passed through this process."""
+        """Append ``head``, then byte ranges of the file ``src`` (blocking): long ranges copied by the kernel
+        where it can (``copy_file_range``: no byte passes through this process), short ones (and all where
+        the kernel refuses) read a buffer at a time and written. Returns the bytes read into this process."""
         self._file.write(head)
         self._file.flush()
         copier = _RangeCopier(self._file.fileno(), self._file.tell())
@@ -215,8 +215,8 @@ class LocalStore(Store):
     async def assemble(
         self, src: ObjectInfo, ranges: list[tuple[int, int]], tail: bytes, dst: str, head: bytes = b""
     ) -> tuple[ObjectInfo, int]:
-        """``head``, the ranges of ``src`` and ``tail`` into ``dst``, the ranges copied by the kernel where it
-        can; returns the output and the bytes read into this process (0 unless the kernel's copy is refused)."""
+        """``head``, the ranges of ``src`` and ``tail`` into ``dst`` (see :meth:`LocalUpload.copy_ranges`);
+        returns the output and the bytes read into this process."""
         async with LocalUpload(dst) as upload:
             try:
                 through_us = await anyio.to_thread.run_sync(upload.copy_ranges, to_path(src.uri), ranges, head)
