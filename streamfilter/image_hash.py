@@ -66,19 +66,25 @@ def decode(data: bytes | memoryview) -> np.ndarray | None:
     return pixels if pixels.ndim == 3 and min(pixels.shape[:2]) > 0 else None
 
 
-def pdq_hashes(images: list[bytes | memoryview]) -> tuple[np.ndarray, np.ndarray]:
-    """Each image's PDQ hash, (n, 32) uint8, and which images decoded, (n,) bool.
+#: PDQ's quality score below which Meta calls a hash unreliable (flat or featureless images).
+LOW_QUALITY = 50
 
-    The hash of an image that did not decode is zeros; ``decoded`` says which they are.
+
+def pdq_hashes(images: list[bytes | memoryview]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each image's PDQ hash, (n, 32) uint8, which images decoded, (n,) bool, and their PDQ quality
+    scores, (n,) int (0 to 100).
+
+    The hash and quality of an image that did not decode are zeros; ``decoded`` says which they are.
     """
     pdqhash, _ = _libraries()
     hashes = np.zeros((len(images), 32), np.uint8)
     decoded = np.zeros(len(images), bool)
+    quality = np.zeros(len(images), np.int16)
     for i, data in enumerate(images):  # one library call an image: nothing to vectorize across them
         pixels = decode(data)
         if pixels is None:
             continue
-        bits, _quality = pdqhash.compute(pixels)
+        bits, quality[i] = pdqhash.compute(pixels)
         hashes[i] = np.packbits(np.asarray(bits, np.uint8))
         decoded[i] = True
-    return hashes, decoded
+    return hashes, decoded, quality

@@ -53,7 +53,9 @@ class ShardReport:
     kept_by: dict[str, int] | None = None
     #: Tars keyed by image hash (``--image-hash``): samples whose image was ``hashed``, those ``matched``
     #: (within the distance) and ``undecodable`` ones, and ``distances``: how many matches lay at each
-    #: distance, in bits. Never the hashes. None for other runs; a shard resumed gives its receipt's.
+    #: distance, in bits; ``matched_low_quality``: matches whose image's PDQ quality was under 50, the
+    #: score below which Meta calls a hash unreliable (flat images), worth a look. Never the hashes.
+    #: None for other runs; a shard resumed gives its receipt's.
     images: dict | None = None
 
 
@@ -98,7 +100,8 @@ class Report:
             for images in imaged:
                 for d, n in images["distances"].items():
                     distances[d] = distances.get(d, 0) + n
-            self.totals["images"] = {k: sum(i[k] for i in imaged) for k in ("hashed", "matched", "undecodable")}
+            kinds = ("hashed", "matched", "undecodable", "matched_low_quality")
+            self.totals["images"] = {k: sum(i.get(k, 0) for i in imaged) for k in kinds}
             self.totals["images"]["distances"] = dict(sorted(distances.items(), key=lambda kv: int(kv[0])))
         for name in ("removed_by", "kept_by"):
             if any(getattr(s, name) for s in done):

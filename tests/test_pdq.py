@@ -29,6 +29,7 @@ from streamfilter.errors import UsageError
 from streamfilter.sets.perceptual import PdqKeySet, parse_hex
 
 Image = pytest.importorskip("PIL.Image")
+pdqhash = pytest.importorskip("pdqhash")
 
 FIXTURE = Path(__file__).parent / "fixtures" / "img2dataset"
 
@@ -155,7 +156,9 @@ def test_a_shard_without_matches_is_copied_and_flips_do_not_match(photos, tmp_pa
 
     assert code == 0 and report["shards"][0]["rows_removed"] == 0
     assert report["shards"][0]["output_via"] == "byte_copy"  # the scan found nothing: copied, not rewritten
-    assert report["shards"][0]["images"] == {"hashed": 2, "matched": 0, "undecodable": 0, "distances": {}}
+    assert report["shards"][0]["images"] == {
+        "hashed": 2, "matched": 0, "undecodable": 0, "distances": {}, "matched_low_quality": 0,
+    }  # fmt: skip
     assert (tmp_path / "a" / "00000.tar").read_bytes() == src.read_bytes()
 
 
@@ -316,3 +319,19 @@ def test_a_parquet_shard_in_an_image_run_fails_alone(photos, tmp_path: Path) -> 
     assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith("_")) == ["00000.tar"]
     _, expected = reference_tar(src, lambda sample: sample_key(sample[0].name) == "b")
     assert (tmp_path / "out" / "00000.tar").read_bytes() == expected
+
+
+def test_matches_of_featureless_images_are_counted_apart(photos, tmp_path: Path) -> None:
+    """PDQ calls hashes of quality under 50 unreliable: a flat image's match is removed, and counted apart."""
+    (tmp_path / "in").mkdir()
+    flat = encode(Image.new("RGB", (256, 256), (120, 130, 140)))
+    assert pdqhash.compute(np.asarray(Image.open(io.BytesIO(flat)).convert("RGB")))[1] < 50
+    src = make_tar(tmp_path / "in" / "00000.tar", {"flat.jpg": flat, "photo.jpg": encode(photos[4])})
+    listed = write_hex_list(tmp_path / "pdq.txt", [reference_hash(flat), reference_hash(encode(photos[4]))])
+    argv = ["run", str(src), "--output", str(tmp_path / "out"), "--image-hash", "pdq", "--blocklist", str(listed)]
+
+    code, report = run(argv, tmp_path / "report.json")
+
+    assert code == 0 and report["shards"][0]["rows_removed"] == 2
+    assert report["shards"][0]["images"]["matched_low_quality"] == 1
+    assert report["totals"]["images"]["matched_low_quality"] == 1

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import ShardError
 from ..formats.webdataset import Sample
-from ..image_hash import IMAGE_EXTENSIONS, pdq_hashes
+from ..image_hash import IMAGE_EXTENSIONS, LOW_QUALITY, pdq_hashes
 from . import ShardFiles, ShardTools
 
 _KEEP = "pass --on-unkeyed keep to keep such samples"
@@ -27,7 +27,7 @@ STATE = "image_decisions"
 
 
 def new_tally() -> dict[str, Any]:
-    return {"hashed": 0, "matched": 0, "undecodable": 0, "distances": {}}
+    return {"hashed": 0, "matched": 0, "undecodable": 0, "distances": {}, "matched_low_quality": 0}
 
 
 class ImageKeys:
@@ -80,13 +80,14 @@ class ImageKeys:
     def _match(self, images: list[bytes]) -> np.ndarray:
         """Which images go: a match within the distance, or undecodable with ``--on-undecodable remove``."""
         key = self.tools.rule.key
-        hashes, decoded = pdq_hashes(images)
+        hashes, decoded, quality = pdq_hashes(images)
         nearest = self.tools.rule.key_set.distances(hashes)  # type: ignore[attr-defined]
         matched = decoded & (nearest >= 0) & (nearest <= key.max_distance)
         tally = self.tally
         tally["hashed"] += int(decoded.sum())
         tally["matched"] += int(matched.sum())
         tally["undecodable"] += int((~decoded).sum())
+        tally["matched_low_quality"] += int((matched & (quality < LOW_QUALITY)).sum())
         values, counts = np.unique(nearest[matched], return_counts=True)
         for d, n in zip(values.tolist(), counts.tolist(), strict=True):
             tally["distances"][str(d)] = tally["distances"].get(str(d), 0) + n
