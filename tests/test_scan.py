@@ -216,10 +216,24 @@ def test_a_dense_run_goes_straight_to_the_rewrite(tmp_path: Path) -> None:
     report = _run_dense_then_clean(tmp_path, hits=12, clean=0)
 
     assert all(s.output_via == "rewrite" for s in report.shards)
-    # The first DENSE_AFTER shards are scanned (a shard with a hit reads its first row group's key chunk
-    # twice), the next ones are not (until the PROBE_EVERY-th): they read fewer bytes.
-    one_pass = [s.bytes_read for s in report.shards[engine.DENSE_AFTER : engine.DENSE_AFTER + 3]]
-    assert all(b < s.bytes_read for b, s in zip(one_pass, report.shards[:3], strict=True))
+    # The first DENSE_AFTER shards are scanned, and the rewrite takes the scan's decoded keys of the row
+    # group it stopped at: no byte is read twice, so each shard reads what a run without the scan reads.
+    inputs = sorted(str(p) for p in (tmp_path / "in").iterdir())
+    no_scan = streamfilter.run(inputs, output=str(tmp_path / "out2"), blocklist=[str(tmp_path / "list.txt")],
+                               concurrency=1, scan=False, quiet=True)  # fmt: skip
+    assert [s.bytes_read for s in report.shards] == [s.bytes_read for s in no_scan.shards]
+
+
+def test_scan_policy_stops_scanning_a_dense_run_but_probes() -> None:
+    policy = engine.ScanPolicy()
+    assert all(policy.scan_pays() for _ in range(3))  # nothing seen yet
+    for _ in range(engine.DENSE_AFTER):
+        policy.seen(False)  # a hit
+    pays = [policy.scan_pays() for _ in range(3 * engine.PROBE_EVERY)]
+    assert pays.count(True) == 3 and pays[engine.PROBE_EVERY - 1]
+    for _ in range(engine.DENSE_WINDOW):
+        policy.seen(True)  # clean shards again: scanning resumes
+    assert all(policy.scan_pays() for _ in range(5))
 
 
 def test_a_run_whose_hits_thin_out_scans_again(tmp_path: Path) -> None:

@@ -25,17 +25,28 @@ def filter_shard(files: ShardFiles, tools: ShardTools) -> Counts:
     output = ParquetOutput(files.sink, shard) if files.sink is not None else None
     keys = list(rule.key.columns)
     columns = keys if output is None else None
+    scanned = files.state.pop(_SCANNED, None)
     counts = Counts()
     for i in shard.fetched(columns):
         tools.check_cancelled(name)
-        # The keys first, then the other columns one at a time (see kept_rows).
-        table = shard.read(i, keys, tools.decode_threads)
-        keep = rule.keep_mask(table, name)
+        whole = output is not None and shard.small(i)
+        if scanned is not None and scanned[0] == i:
+            # The scan's hit, decoded and matched already: not again.
+            table, keep, whole = scanned[1], scanned[2], False
+            scanned = None
+        else:
+            # A small row group whole; a large one's keys first, then the other columns one at a time
+            # (see kept_rows).
+            table = shard.whole(i, tools.decode_threads) if whole else shard.read(i, keys, tools.decode_threads)
+            keep = rule.keep_mask(table, name)
         rows, kept = table.num_rows, keep.true_count
         counts.rows_in += rows
         counts.rows_out += kept
         if output is not None:
-            output.write(shard.kept_rows(i, keep if kept < rows else None, table, tools.decode_threads))
+            if whole:
+                output.write(table if kept == rows else table.filter(keep))
+            else:
+                output.write(shard.kept_rows(i, keep if kept < rows else None, table, tools.decode_threads))
         start, end = row_group_span(shard.metadata, i, columns)
         tools.progress.add(rows, end - start)  # stored (compressed) bytes, as read
         del table, keep  # free this row group before the next one is decoded: one, not two, in memory
@@ -44,22 +55,32 @@ def filter_shard(files: ShardFiles, tools: ShardTools) -> Counts:
     return counts
 
 
+#: Where scan_shard leaves the row group it stopped at (index, decoded keys, keep mask) for the rewrite.
+_SCANNED = "parquet.scanned"
+
+
 def scan_shard(files: ShardFiles, tools: ShardTools) -> Counts | None:
     """Phase one of a two-phase run: the shard's counts if no row would be removed, else None.
 
     Reads the footer and the key columns' chunks only, and stops at the first row
     group with a row to remove, so a shard with hits costs little more than its
-    rewrite. A shard is called clean only after every row group's keys were
+    rewrite: that row group's decoded keys and mask are left for the rewrite, which
+    decodes and matches them no second time (unless the set tallies kinds of rules
+    per pass). A shard is called clean only after every row group's keys were
     decoded and matched: a row group that fails to decode fails the shard.
     """
     rule, name = tools.rule, files.name
     shard = _open(files, tools)
     columns = list(rule.key.columns)
     rows = stored = 0
+    reuse = getattr(rule.key_set, "classify", None) is None  # a tally per pass must see every row group
     # The first row group alone: on a dense list the scan stops there, and its look-ahead would be waste.
     for i, table in enumerate(shard.row_groups(columns, use_threads=tools.decode_threads, first_alone=True)):
         tools.check_cancelled(name)
-        if rule.keep_mask(table, name).false_count:
+        keep = rule.keep_mask(table, name)
+        if keep.false_count:
+            if reuse:
+                files.state[_SCANNED] = (i, table, keep)
             return None
         rows += table.num_rows
         start, end = row_group_span(shard.metadata, i, columns)
