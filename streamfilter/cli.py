@@ -56,6 +56,14 @@ def _add_key_flags(parser: argparse.ArgumentParser) -> None:
         help="what list entries are: raw keys (default), hex digests/hashes, or int 64-bit integers",
     )
     parser.add_argument("--mode", choices=["deny", "allow"], help="deny drops listed keys (default), allow keeps them")
+    parser.add_argument(
+        "--image-hash",
+        choices=list(IMAGE_HASHES),
+        help="tars: match each sample's image by its perceptual hash; --blocklist then holds hex PDQ hashes",
+    )
+    parser.add_argument(
+        "--max-distance", type=int, metavar="D", help="with --image-hash pdq: most bits a match differs by (31)"
+    )
 
 
 def _add_store_flags(parser: argparse.ArgumentParser) -> None:
@@ -89,14 +97,6 @@ def _parser() -> argparse.ArgumentParser:
         "--sidecar",
         choices=["parquet"],
         help="tars: key each sample by the sibling img2dataset .parquet (its 'key' column) instead of its .json",
-    )
-    run.add_argument(
-        "--image-hash",
-        choices=list(IMAGE_HASHES),
-        help="tars: match each sample's image by its perceptual hash; --blocklist then holds hex PDQ hashes",
-    )
-    run.add_argument(
-        "--max-distance", type=int, metavar="D", help="with --image-hash pdq: most bits a match differs by (31)"
     )
     run.add_argument(
         "--on-undecodable",

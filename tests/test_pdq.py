@@ -136,6 +136,8 @@ def test_variants_of_listed_images_go_and_unrelated_images_stay(photos, tmp_path
     assert sum(images_seen["distances"].values()) == 9
     assert all(0 <= int(d) <= 31 for d in images_seen["distances"])
     assert report["totals"]["images"]["matched"] == 9
+    verify = ["verify", str(tmp_path / "out"), "--image-hash", "pdq", "--blocklist", str(listed)]
+    assert cli.main(verify) == 0  # the outputs hashed again: no image within the distance remains
     code, rerun = run(argv, tmp_path / "rerun.json")  # resumed from its receipt: the same image counts
     assert code == 0 and rerun["shards"][0]["resumed"]
     assert rerun["shards"][0]["images"] == images_seen and rerun["totals"]["images"] == report["totals"]["images"]
@@ -335,3 +337,20 @@ def test_matches_of_featureless_images_are_counted_apart(photos, tmp_path: Path)
     assert code == 0 and report["shards"][0]["rows_removed"] == 2
     assert report["shards"][0]["images"]["matched_low_quality"] == 1
     assert report["totals"]["images"]["matched_low_quality"] == 1
+
+
+def test_verify_finds_a_listed_image_left_in_an_output(photos, tmp_path: Path, capsys) -> None:
+    (tmp_path / "in").mkdir()
+    src = make_tar(tmp_path / "in" / "00000.tar", {"a.jpg": encode(photos[1]), "b.jpg": encode(photos[2])})
+    listed = write_hex_list(tmp_path / "pdq.txt", [reference_hash(encode(photos[2], quality=70))])
+    out = tmp_path / "out"
+    assert cli.main(["run", str(src), "--output", str(out), "--image-hash", "pdq", "--blocklist", str(listed)]) == 0
+    verify = ["verify", str(out), "--image-hash", "pdq", "--blocklist", str(listed)]
+    assert cli.main(verify) == 0
+    capsys.readouterr()
+
+    shutil.copyfile(src, out / "00000.tar")  # the unfiltered tar where the output should be
+
+    assert cli.main(verify) == 1
+    err = capsys.readouterr().err
+    assert "00000.tar: 1 listed keys remain" in err, err
