@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 import anyio.to_thread
 import numpy as np
+import pyarrow as pa
 
 from ..errors import ShardError, StreamfilterError, redact_uri
 from ..formats.embedding_set import KINDS, is_member, kind_folder, member
@@ -37,7 +38,7 @@ from ..ledger import ShardReport
 from ..removed_ids import attach
 from ..shard_io import OpenedFiles, RunContext, keep_unchanged, rewrite
 from ..store import Refused
-from . import Counts, ShardFiles, ShardTools, pipeline_for
+from . import Counts, Filter, ShardFiles, ShardTools, pipeline_for
 from .npy_stream import stream_rows
 
 if TYPE_CHECKING:
@@ -70,6 +71,24 @@ def decide(files: ShardFiles, tools: ShardTools) -> np.ndarray:
         masks.append(np.asarray(tools.rule.keep_mask(table, name), dtype=bool))
         tools.progress.add(table.num_rows, 0)
     return np.concatenate(masks)
+
+
+@dataclasses.dataclass(frozen=True)
+class Decided(Filter):
+    """The metadata's rewrite keeps the rows :func:`decide` kept, the mask handed out a row group at a time:
+    the keys are not matched twice, and the metadata loses exactly the rows every .npy loses."""
+
+    keep: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, bool))
+    #: Rows handed out so far (a list: the dataclass is frozen, as Filter is).
+    cursor: list[int] = dataclasses.field(default_factory=lambda: [0])
+
+    def keep_mask(self, table: pa.Table, source: str) -> pa.Array:
+        start = self.cursor[0]
+        part = self.keep[start : start + table.num_rows]
+        if len(part) != table.num_rows:
+            raise ShardError(f"{source} changed while it was filtered; rerun")
+        self.cursor[0] = start + table.num_rows
+        return pa.array(part)
 
 
 def filter_shard(files: ShardFiles, tools: ShardTools) -> Counts:
@@ -195,10 +214,12 @@ async def process_set(
     )
     written_sizes = [written.size for written, _ in results]
     vias = {via for _, via in results}
+    decided = Decided(ctx.tools.rule.key, ctx.tools.rule.key_set, ctx.tools.rule.mode, keep, [0])
     async with ctx.cpu_slots:
         files = ShardFiles(opened.open(info), None, label, _no_sibling)
-        counts, written = await rewrite(shard, ctx, pipeline_for("parquet"), files)
-    if (counts.rows_in, counts.rows_out) != (len(keep), kept):
+        tools = dataclasses.replace(ctx.tools, rule=decided)
+        counts, written = await rewrite(shard, ctx, pipeline_for("parquet"), files, tools)
+    if (counts.rows_in, counts.rows_out, decided.cursor[0]) != (len(keep), kept, len(keep)):
         raise ShardError(f"{label} changed while it was filtered; rerun")
     report.output_via = "assembled" if vias == {"assembled"} else "rewrite"
     report.bytes_written = written.size + sum(written_sizes)
