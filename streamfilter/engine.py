@@ -91,7 +91,7 @@ async def filter_one(
             report.bytes_written, report.output_via = written.size, "rewrite"
         report.output_etag = written.etag
         report.bytes_saved = info.size - written.size
-        await _record(shard, ctx, info, written, report)
+        await _record(shard, ctx, info, written, report, fmt)
 
 
 async def process_shard(shard: Shard, ctx: RunContext) -> ShardReport:
@@ -123,7 +123,7 @@ async def process_shard(shard: Shard, ctx: RunContext) -> ShardReport:
             if process_set is not None:  # a set of objects as one unit (a dry run counts its deciding object)
                 written = await process_set(shard, ctx, info, report, opened)
                 report.output_etag = written.etag
-                await _record(shard, ctx, info, written, report)
+                await _record(shard, ctx, info, written, report, fmt)
             else:
                 await filter_one(shard, ctx, info, report, opened, fmt)
         report.rows_removed = report.rows_in - report.rows_out
@@ -271,9 +271,11 @@ def _outputs_of(shard: Shard) -> set[str]:
     return {shard.output, sibling(shard.output, ".parquet"), sibling(shard.output, "_stats.json"), *vectors}
 
 
-async def _record(shard: Shard, ctx: RunContext, info: ObjectInfo, written: ObjectInfo, report: ShardReport) -> None:
+async def _record(
+    shard: Shard, ctx: RunContext, info: ObjectInfo, written: ObjectInfo, report: ShardReport, fmt: str
+) -> None:
     assert ctx.receipts is not None
-    await ctx.receipts.record(shard.name, info, written, report)
+    await ctx.receipts.record(shard.name, info, written, report, fmt)
 
 
 def output_manifest(report: Report) -> bytes:

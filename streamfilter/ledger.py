@@ -203,6 +203,8 @@ class Receipt:
     removed_by: dict[str, int] | None = None
     kept_by: dict[str, int] | None = None
     images: dict | None = None
+    #: The shard's format: ``verify`` reads an img2dataset set's output as one (its rows are its Parquet's).
+    format: str | None = None
 
     def to_json(self) -> bytes:
         return (json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n").encode()
@@ -282,8 +284,10 @@ class ReceiptBook:
             return None  # no receipt, or no output: do the work
         return receipt if found.size == receipt.output_size else None
 
-    async def record(self, name: str, info: ObjectInfo, written: ObjectInfo, report: ShardReport) -> None:
-        """Write the receipt of a committed shard; without one a rerun redoes it, which is safe."""
+    async def record(
+        self, name: str, info: ObjectInfo, written: ObjectInfo, report: ShardReport, fmt: str | None = None
+    ) -> None:
+        """Write the receipt of a committed shard (``fmt``: its format); a shard without one is redone."""
         assert report.output is not None
         receipt = Receipt(
             input=report.input,
@@ -303,6 +307,7 @@ class ReceiptBook:
             removed_by=report.removed_by,
             kept_by=report.kept_by,
             images=report.images,
+            format=fmt,
         )
         uri = receipt_uri(self.output_root, name)
         try:

@@ -49,7 +49,12 @@ async def verify_outputs(spec: JobSpec, *, progress: Progress | None = None) -> 
         receipts = await load_receipts(spec.output, stores)
     finally:
         await stores.aclose()
-    dry = dataclasses.replace(spec, inputs=tuple(r.output for r in receipts), output=None, dry_run=True, report=None)
+    fmt = spec.format
+    if fmt == "auto" and any(r.format == "img2dataset" for r in receipts):
+        fmt = "img2dataset"  # a set's rows are its Parquet's, not its tar's samples
+    dry = dataclasses.replace(
+        spec, inputs=tuple(r.output for r in receipts), output=None, dry_run=True, report=None, format=fmt
+    )
     report: Report = await run_job(dry, progress=progress)
     by_output = {s.input: s for s in report.shards}
     verdicts = []

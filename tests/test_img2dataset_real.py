@@ -218,6 +218,11 @@ def test_local_sets_come_out_as_img2dataset_writes_them_without_the_removed_urls
 
     assert [s["output_via"] for s in shards] == ["rewrite", "byte_copy", "rewrite", "rewrite"]
     assert_as_img2dataset_writes(reader(out), full, expected)
+    # verify reads each set as one (its rows are its Parquet's, failed downloads included), as the run did
+    blocklist = str(tmp_path / "list.txt")
+    assert cli.main(["verify", str(out), "--blocklist", blocklist, "--key", "url"]) == 0
+    (out / "00002.parquet").write_bytes((full / "00002.parquet").read_bytes())  # a set whose Parquet was not cleaned
+    assert cli.main(["verify", str(out), "--blocklist", blocklist, "--key", "url"]) == 1
 
 
 @pytest.mark.parametrize("output", ["s3", "local"])

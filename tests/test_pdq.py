@@ -302,6 +302,8 @@ def test_img2dataset_sets_lose_the_matched_samples_rows_and_counts(
         assert shard["images"]["matched"] == len(gone)
         if not gone:
             assert shard["output_via"] in ("byte_copy", "server_copy")
+    verify = ["verify", out, "--image-hash", "pdq", "--blocklist", str(listed), *extra]
+    assert cli.main(verify) == 0  # each set read as one: its tar's images hashed again, its Parquet's rows counted
 
 
 def test_a_parquet_shard_in_an_image_run_fails_alone(photos, tmp_path: Path) -> None:
