@@ -266,6 +266,8 @@ def build_spec(options: dict[str, Any]) -> JobSpec:
         raise UsageError(f"unknown option {unknown[0]!r}; known options: {', '.join(OPTIONS)}")
     opts = _checked_types({k: v for k, v in options.items() if v is not None})
     if "max_distance" in opts:
+        if opts.get("image_hash", "none") == "none":
+            raise UsageError("--max-distance goes with --image-hash pdq: it is the most bits an image match differs by")
         opts["max_distance"] = _whole(opts, "max_distance", 31)
     key_given = frozenset(name for option, name in _KEY_FIELDS.items() if option in opts)
     headers = dict(expand_header(h) for h in _as_list(opts.get("http_header")))

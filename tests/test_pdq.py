@@ -225,7 +225,9 @@ def test_bad_lists_and_flags_are_refused_in_one_line(photos, tmp_path: Path, cap
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2, extra
         assert len(err) == 1 and message in err[0], (extra, err)
-    assert cli.main(["run", str(src), "--output", out, "--blocklist", str(good), "--on-undecodable", "remove"]) == 2
+    for alone in (["--on-undecodable", "remove"], ["--max-distance", "20"]):
+        assert cli.main(["run", str(src), "--output", out, "--blocklist", str(good), *alone]) == 2
+        assert "go" in capsys.readouterr().err
     assert not Path(out).exists()
 
 
