@@ -31,24 +31,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from harness import ENV_AT_START, measure
 
+from streamfilter.demo import photo as natural
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 DATA = HERE / "data" / "pdq"
 RESULTS = HERE / "results"
 TARGET_PER_CORE = 300.0
 HIT_SETS = (1, 5)
-
-
-def natural(seed: int, size: int = 256) -> Any:
-    """A photo-like image: smooth structure at three scales."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    pixels = np.zeros((size, size, 3), np.float32)
-    for scale in (4, 16, 64):
-        small = Image.fromarray((rng.random((scale, scale, 3)) * 255).astype(np.uint8))
-        pixels += np.asarray(small.resize((size, size), Image.BICUBIC), np.float32) / scale**0.5
-    return Image.fromarray((pixels / pixels.max() * 255).astype(np.uint8))
 
 
 def jpeg(image: Any, quality: int) -> bytes:

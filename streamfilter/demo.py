@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -66,6 +67,19 @@ def laion_table(n: int, start: int = 0, seed: int = 0) -> pa.Table:
             "sha256": pc.binary_join_element_wise(pa.array([digest] * n), ids, ""),
         }
     )
+
+
+def photo(seed: int, size: int = 256) -> Any:
+    """A photo-like Pillow image (smooth structure at three scales) for the image-hash tests and benchmark:
+    PDQ hashes of such images lie far apart, and re-encoded or resized copies stay close. Needs Pillow."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    pixels = np.zeros((size, size, 3), np.float32)
+    for scale in (4, 16, 64):
+        small = Image.fromarray((rng.random((scale, scale, 3)) * 255).astype(np.uint8))
+        pixels += np.asarray(small.resize((size, size), Image.BICUBIC), np.float32) / scale**0.5
+    return Image.fromarray((pixels / pixels.max() * 255).astype(np.uint8))
 
 
 def write_shards(directory: Path, shards: int, rows: int, row_group_size: int, seed: int = 0) -> list[Path]:

@@ -12,15 +12,12 @@ import numpy as np
 import pdqhash
 from PIL import Image
 
+from streamfilter.demo import photo
+
 
 def natural(seed: int, size: int = 256) -> Image.Image:
     """A photo-like image: smooth structure at three scales (PDQ of pure noise says little)."""
-    rng = np.random.default_rng(seed)
-    pixels = np.zeros((size, size, 3), np.float32)
-    for scale in (4, 16, 64):
-        small = Image.fromarray((rng.random((scale, scale, 3)) * 255).astype(np.uint8))
-        pixels += np.asarray(small.resize((size, size), Image.BICUBIC), np.float32) / scale**0.5
-    return Image.fromarray((pixels / pixels.max() * 255).astype(np.uint8))
+    return photo(seed, size)
 
 
 def encode(image: Image.Image, fmt: str = "JPEG", **options) -> bytes:
