@@ -358,3 +358,16 @@ def test_verify_finds_a_listed_image_left_in_an_output(photos, tmp_path: Path, c
     assert cli.main(verify) == 1
     err = capsys.readouterr().err
     assert "00000.tar: 1 listed keys remain" in err, err
+
+
+def test_options_from_a_config_file_or_the_api(tmp_path: Path) -> None:
+    from streamfilter.spec import build_spec, load_config
+
+    config = tmp_path / "job.toml"
+    config.write_text('image_hash = "pdq"\nmax_distance = 20\non_undecodable = "remove"\n')
+    spec = build_spec({**load_config(str(config)), "inputs": ["a.tar"], "output": "out", "blocklist": ["l.txt"]})
+    assert (spec.key.image, spec.key.max_distance, spec.on_undecodable) == ("pdq", 20, "remove")
+    assert spec.key.to_dict()["max_distance"] == 20  # receipts tell runs at another distance apart
+    assert "image" not in build_spec({"inputs": ["a.tar"], "output": "o", "blocklist": ["l"]}).key.to_dict()
+    with pytest.raises(UsageError, match="--max-distance 'far'"):
+        build_spec({"inputs": ["a.tar"], "output": "o", "blocklist": ["l"], "image_hash": "pdq", "max_distance": "far"})
