@@ -144,3 +144,13 @@ def test_forced_collisions_with_duplicates(monkeypatch: pytest.MonkeyPatch) -> N
     probe = pa.array([f"m{i}" for i in range(-3, 45)] + ["", None])
     listed = {*(f"m{i}" for i in range(40)), ""}
     assert key_set.contains(probe).to_pylist() == [p in listed for p in probe.to_pylist()]
+
+
+@pytest.mark.parametrize("step", [8, 16, 24])
+def test_small_steps_find_the_same_lines(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+    from streamfilter.sets import lines
+
+    monkeypatch.setattr(lines, "_STEP", step)
+    for data in [*CASES, ("x\u00e9y\n" * 11 + "a\u2028b" + "z" * 9).encode(), ("ab\n" * 30).encode()]:
+        keys, index = text_keys(data)
+        assert (keys.to_pylist(), index.to_pylist()) == reference_keys(data), data

@@ -121,11 +121,17 @@ class _SlotTable:
         tags = (sorted_hashes >> np.uint64(32)).astype(np.uint32)
         #: Zero marks an empty slot, so a key whose tag is zero makes every zero tag a candidate instead.
         self.has_zero = bool(n and tags[0] == 0)
-        placed = tags != 0
-        home = (sorted_hashes[placed] >> self._shift).astype(np.int64)
-        tags = tags[placed]
+        placed = sorted_hashes
+        if self.has_zero:  # sorted: the zero tags come first
+            zeros = int(np.searchsorted(tags, 1))
+            placed, tags = sorted_hashes[zeros:], tags[zeros:]
+        # Each at max(its home slot, the previous one's slot + 1), in place: no n-sized temporary but these.
+        slot = (placed >> self._shift).astype(np.int64)
         rank = np.arange(len(tags), dtype=np.int64)
-        slot = np.maximum.accumulate(home - rank) + rank if len(tags) else home  # max(home, previous + 1)
+        slot -= rank
+        np.maximum.accumulate(slot, out=slot)
+        slot += rank
+        del rank
         end = int(slot[-1]) + 1 if len(tags) else 0
         self._slots = np.zeros(max(end, 1 << bits) + 1, dtype=np.uint32)  # the last slot stays empty
         self._slots[slot] = tags

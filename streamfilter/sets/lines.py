@@ -17,6 +17,8 @@ from .arrays import from_numpy
 #: U+2028/9 are multi-byte in UTF-8: see _has_unicode_line_separator).
 _SPLITTING_BYTES = (b"\x0b", b"\x0c", b"\x1c", b"\x1d", b"\x1e")
 _HIGH_BITS = np.uint64(0x8080808080808080)
+#: Bytes scanned per step when looking for line breaks and non-ASCII bytes.
+_STEP = 8 * 1024 * 1024
 
 
 def text_lines(data: bytes) -> pa.Array:
@@ -50,7 +52,10 @@ def _split_on_newlines(data: bytes) -> pa.Array | None:
     if not data.isascii() and _has_unicode_line_separator(data):
         return None
     raw = np.frombuffer(data, np.uint8)
-    ends = np.flatnonzero(raw == ord("\n")) + 1
+    # In steps, so the temporaries stay a few MiB whatever the list's size.
+    ends = np.concatenate(
+        [np.flatnonzero(raw[i : i + _STEP] == ord("\n")) + (i + 1) for i in range(0, len(raw), _STEP)] or [[]]
+    ).astype(np.int64)
     n = len(ends) + (0 if not data or data.endswith(b"\n") else 1)
     offsets = np.zeros(n + 1, dtype=np.int64)
     offsets[1 : len(ends) + 1] = ends
@@ -67,7 +72,13 @@ def _has_unicode_line_separator(data: bytes) -> bool:
     """Whether ``data`` holds U+0085, U+2028 or U+2029 in UTF-8, looking only near its non-ASCII bytes."""
     raw = np.frombuffer(data, np.uint8)
     words = np.frombuffer(data, np.uint64, len(data) // 8)
-    starts = np.flatnonzero(words & _HIGH_BITS) * 8
+    step = _STEP // 8
+    starts = (
+        np.concatenate(
+            [np.flatnonzero(words[i : i + step] & _HIGH_BITS) + i for i in range(0, len(words), step)] or [[]]
+        ).astype(np.int64)
+        * 8
+    )
     if len(data) % 8:
         starts = np.append(starts, len(words) * 8)  # the tail that fills no word
     # Each sequence ends in 0x85, 0xA8 or 0xA9, a non-ASCII byte, so inside a flagged word (or the tail).
