@@ -103,6 +103,23 @@ def test_cuts_with_long_kept_ranges_fetch_only_the_header_piece(s3_endpoint, s3_
     check_s3(s3_client, bucket, "out/", sets, listed, tmp_path)
 
 
+def test_a_short_rest_beside_the_header_piece_joins_it(s3_endpoint, s3_client, bucket, tmp_path) -> None:
+    """A cut 7.8 MiB into the rows leaves 2.8 MiB after the header's 5 MiB piece: too short to be copied,
+    so it joins that piece (7.8 MiB fetched), rather than starting a second piece that would pull 5 MiB
+    more from the range after the cut; that range (4.1 MiB, the file's last) is copied."""
+    sets = [make_set_files(0, rows=4000, dim=768, dtype="float32", text=False)]  # rows of 3,072 bytes
+    put_sets(s3_client, bucket, "in/", sets)
+    listed = listed_of(sets, {0: [2650]})
+
+    report = run_s3(f"s3://{bucket}/in/", s3_endpoint, tmp_path, listed, output=f"s3://{bucket}/out/")
+
+    assert report.ok, [s.error for s in report.shards]
+    assert {s.output_via for s in report.shards} == {"assembled"}
+    metadata = len(sets[0]["metadata/metadata_0000.parquet"])
+    assert report.totals["bytes_read"] <= 2650 * 3072 + 4096 + 3 * metadata
+    check_s3(s3_client, bucket, "out/", sets, listed, tmp_path)
+
+
 @pytest.fixture
 def proxy(s3_endpoint: str) -> Iterator[FaultProxy]:
     proxy = FaultProxy(s3_endpoint)
