@@ -47,6 +47,7 @@ from yarl import URL
 
 from streamfilter.engine import run_job
 from streamfilter.errors import ShardError, UsageError
+from streamfilter.formats import parquet as parquet_format
 from streamfilter.ledger import Report
 from streamfilter.progress import Progress
 from streamfilter.spec import build_spec
@@ -59,6 +60,7 @@ from streamfilter.store.s3 import S3Store, multipart_etag
 RATES = {"slowdown": 0.04, "reset": 0.06, "truncate": 0.08, "delay": 0.10}
 #: Retries per request in the fault runs, and a backoff cap that keeps the tests short.
 RETRIES, MAX_SLEEP = 8, 0.05
+
 
 @pytest.fixture
 def s3_proxy(s3_endpoint: str) -> Iterator[FaultProxy]:
@@ -233,7 +235,9 @@ def test_faults_past_the_retry_limit_fail_only_their_shard(
 # --- HTTP inputs -------------------------------------------------------------------------------
 
 
-def test_http_inputs_survive_faults(http_server, tmp_path: Path, capsys) -> None:
+def test_http_inputs_survive_faults(http_server, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A request a row group (not a block of them), so the run makes enough requests for every kind of fault.
+    monkeypatch.setattr(parquet_format, "FETCH_BLOCK_BYTES", 1)
     root, base = http_server.dir()
     tables = [shard_table(4000, start=i * 4000, seed=61) for i in range(3)]
     for i, table in enumerate(tables):

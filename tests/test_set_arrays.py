@@ -47,3 +47,25 @@ def test_the_helpers_import_no_pandas() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_run_over_a_plain_list_imports_no_pandas(tmp_path) -> None:
+    """pyarrow imports pandas (0.2 s) at the first conversion of a Python value; a dense Parquet run over an
+    exact list of URLs (a scan, then rewrites) makes none."""
+    import pyarrow.parquet as pq
+    from helpers import shard_table
+
+    for i in range(3):
+        pq.write_table(shard_table(3000, start=3000 * i, seed=i), tmp_path / f"{i}.parquet", row_group_size=1000)
+    urls = pq.read_table(tmp_path / "0.parquet", columns=["url"])["url"].to_pylist()[::50]
+    (tmp_path / "list.txt").write_text("\n".join(urls) + "\n# a comment\n\n")
+    code = (
+        "import sys, streamfilter\n"
+        f"r = streamfilter.run([{str(tmp_path / '*.parquet')!r}], output={str(tmp_path / 'out')!r}, "
+        f"blocklist=[{str(tmp_path / 'list.txt')!r}], quiet=True)\n"
+        "assert r.ok and r.totals['rows_removed'] == 60, r.totals\n"
+        "print('pandas' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"

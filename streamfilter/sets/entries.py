@@ -8,6 +8,7 @@ hex with ``0x``. A malformed entry stops the run, naming the list and line.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -16,7 +17,7 @@ import pyarrow.compute as pc
 
 from ..errors import UsageError
 from ..keys import KeySpec, hash_keys, normalize
-from .rules import refuse_rules
+from .rules import DOMAIN, PREFIX, refuse_rules
 
 DIGEST_BYTES = {"md5": 16, "sha1": 20, "sha256": 32}
 _NIBBLES = np.full(256, 255, dtype=np.uint8)
@@ -84,14 +85,27 @@ def untagged(keys: pa.Array) -> pa.Array:
     return pc.if_else(tagged, pc.utf8_slice_codeunits(keys, len(EXACT)), keys)
 
 
+#: Every tag a list's line may begin with: the rules' and the escape of keys that begin with one.
+TAGS = (DOMAIN, PREFIX, EXACT)
+
+
+def has_tags(keys: pa.Array) -> bool:
+    """Whether any entry begins with a tag of :data:`TAGS` (nulls do not); no Python value is converted."""
+    if not (pa.types.is_large_string(keys.type) or pa.types.is_string(keys.type)) or not len(keys):
+        return False
+    tagged = functools.reduce(pc.or_, [pc.starts_with(keys, tag) for tag in TAGS])
+    return bool(pc.any(tagged).as_py())
+
+
 def entry_values(keys: pa.Array, spec: KeySpec, where: Callable[[int], str]) -> pa.Array:
     """The lookup values of one list's entries; ``where(i)`` names entry ``i``'s file and line.
 
     A ``domain:``/``prefix:`` rule reaching here (a filter file's build) is refused: rules need the raw URL.
     """
-    refuse_rules(keys, where, "cannot go in a filter file (it keeps only key hashes); list it with "
-                 "run --blocklist, where rules match the raw URL")  # fmt: skip
-    keys = untagged(keys)
+    if has_tags(keys):  # the common list has none, and the checks' conversions would import pandas (0.2 s)
+        refuse_rules(keys, where, "cannot go in a filter file (it keeps only key hashes); list it with "
+                     "run --blocklist, where rules match the raw URL")  # fmt: skip
+        keys = untagged(keys)
     if spec.entries == "hex":
         return _hex_values(keys, spec, where)
     if spec.entries == "int":

@@ -22,7 +22,7 @@ from ..errors import StreamfilterError, UsageError, redact_uri
 from ..keys import KeySpec, as_bytes, as_text
 from ..store import Stores
 from ..store.uris import object_path
-from .entries import entry_values
+from .entries import entry_values, has_tags
 from .exact import ExactKeySet
 from .keyset import KeySet
 from .lines import keys_of_lines, text_lines
@@ -243,7 +243,7 @@ async def load_keys(
     for source in sources:
         uri, column = parse_source(source)
         keys, lines = await _read_list(uri, column, stores)
-        if spec is not None and rules is not None:
+        if spec is not None and rules is not None and has_tags(keys):  # (has_tags: see entry_values)
             keys, lines = split_rules(keys, lines, spec, entry_place(uri, lines), rules)
         if spec is not None:
             keys = entry_values(keys, spec, entry_place(uri, lines))
