@@ -8,6 +8,8 @@ samples whose ``key`` is in a removed row go. A sample with no usable key (no
 sidecar, a member without an extension) fails the shard, or with
 ``--on-unkeyed keep`` is kept and counted. The sample key is WebDataset's (the
 member path without extensions), compared with the sidecar's ``key`` as is.
+With ``--image-hash pdq`` the sample's image decides instead (see :mod:`.tar_images`);
+then the tar is scanned first (every image hashed) and copied if nothing matched.
 
 Samples are decided ``BATCH_SAMPLES`` at a time (one ``keep_mask`` call each), or
 sooner when the batch holds ``BATCH_BYTES`` of archive; runs of kept samples are
