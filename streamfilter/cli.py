@@ -79,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="filter shards against a key list")
     run.add_argument("inputs", nargs="*", metavar="INPUT", help="object, glob, brace range {00000..00127}, @MANIFEST")
-    run.add_argument("--output", metavar="PREFIX", help="where filtered shards go (names mirror the inputs)")
+    run.add_argument("-o", "--output", metavar="PREFIX", help="where filtered shards go (names mirror the inputs)")
     _add_key_flags(run)
     run.add_argument("--format", choices=list(FORMATS), help="shard format (default: by extension)")
     run.add_argument(

@@ -241,7 +241,7 @@ def test_console_module_in_a_subprocess(tmp_path: Path, shards) -> None:
             "streamfilter.cli",
             "run",
             str(tmp_path / "in" / "{00000..00002}.parquet"),
-            "--output",
+            "-o",  # as users of other tools type it
             str(tmp_path / "out"),
             "--blocklist",
             str(blocklist),
