@@ -139,7 +139,7 @@ async def _expand(expr: str, stores: Stores, found: _Expansion, fmt: str | None)
         return
     for uri in expand_braces(expr):
         if _WILDCARD.search(_location(uri)):
-            await _expand_glob(uri, stores, found)
+            await _expand_glob(uri, stores, found, fmt)
             continue
         listing = await _folder_listing(uri, stores)
         if listing is None:
@@ -148,7 +148,7 @@ async def _expand(expr: str, stores: Stores, found: _Expansion, fmt: str | None)
             _take_folder(uri if uri.endswith("/") else uri + "/", listing, found, fmt)
 
 
-async def _expand_glob(uri: str, stores: Stores, found: _Expansion) -> None:
+async def _expand_glob(uri: str, stores: Stores, found: _Expansion, fmt: str | None = None) -> None:
     # A relative local pattern is listed from './': a bare '*.parquet' lists the current directory.
     path = _local_path(uri) if scheme_of(uri) == "file" else None
     dot = path is not None and not path.startswith(("/", "./", "../"))
@@ -157,6 +157,18 @@ async def _expand_glob(uri: str, stores: Stores, found: _Expansion) -> None:
     regex = glob_regex(pattern)
     listed = await _list(prefix, stores)
     found_here = {info.uri: info for info in listed if regex.match(info.uri)}
+    if fmt == "auto":
+        # A pattern that picks the tars of img2dataset sets (their .parquet and _stats.json beside them)
+        # would filter the tars alone and leave the stats behind, as a folder of them would.
+        sets = set(folder_shards(sorted(info.uri for info in listed), fmt).sets)
+        picked = next((u for u in sorted(found_here) if u in sets), None)
+        if picked is not None:
+            shown = picked.replace("./", "", 1) if dot else picked
+            raise UsageError(
+                f"{redact_uri(uri)} names img2dataset shard sets ({redact_uri(shown)} has its .parquet and "
+                "_stats.json beside it); pass --format img2dataset to filter each set as one unit, or --format "
+                "webdataset to filter the tars alone"
+            )
     if dot:  # name them as the user did: 'a.parquet', not './a.parquet'
         cut = len(uri) - len(path or "")
         found_here = {u[:cut] + u[cut + 2 :]: info for u, info in found_here.items()}

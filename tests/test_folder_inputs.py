@@ -148,6 +148,14 @@ def test_a_folder_of_img2dataset_sets(tmp_path: Path, monkeypatch: pytest.Monkey
     assert "img2dataset shard sets" in line and "--format img2dataset" in line
     assert not (tmp_path / "clean").exists()
 
+    # Nor may a pattern that picks their tars: the natural 'ds/*.tar' would leave the stats behind too.
+    for pattern in ("ds/*.tar", "ds/0000?.*"):
+        assert cli.main(["run", pattern, *argv[2:]]) == 2
+        line = one_error_line(capsys.readouterr().err)
+        assert f"{pattern} names img2dataset shard sets (ds/00000.tar has" in line and "--format img2dataset" in line
+        assert not (tmp_path / "clean").exists()
+    assert cli.main(["run", "ds/*.tar", *argv[2:], "--format", "webdataset", "--dry-run"]) == 0  # the tars alone
+
     assert cli.main([*argv, "--format", "img2dataset"]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert [Path(s["input"]).name for s in report["shards"]] == ["00000.tar", "00001.tar", "00002.tar"]
