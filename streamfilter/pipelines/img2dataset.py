@@ -33,6 +33,7 @@ from ..errors import ShardError, StreamfilterError, redact_uri
 from ..formats.parquet import ParquetShard
 from ..formats.webdataset import BLOCK, RECORD, TarReader
 from ..keys import KeySpec, as_bytes, require_columns
+from ..progress import Progress
 from ..sets import ExactKeySet
 from ..shard_io import OpenedFiles, RunContext, keep_unchanged, rewrite
 from ..store import Refused
@@ -116,7 +117,8 @@ def by_images(files: ShardFiles, tools: ShardTools) -> tuple[ShardTools, dict]:
         pass
     removed = ExactKeySet(as_bytes(pa.array(keys.removed_keys, pa.large_string())))
     rule = Filter(KeySpec(("key",)), removed, "deny")
-    return dataclasses.replace(tools, rule=rule), keys.tally
+    # The hashing pass counted the set's rows in the live progress; the Parquet's passes would again.
+    return dataclasses.replace(tools, rule=rule, progress=Progress.silent()), keys.tally
 
 
 def _value_counts(values: pa.ChunkedArray | pa.Array) -> Counter:
