@@ -154,3 +154,18 @@ def test_small_steps_find_the_same_lines(monkeypatch: pytest.MonkeyPatch, step: 
     for data in [*CASES, ("x\u00e9y\n" * 11 + "a\u2028b" + "z" * 9).encode(), ("ab\n" * 30).encode()]:
         keys, index = text_keys(data)
         assert (keys.to_pylist(), index.to_pylist()) == reference_keys(data), data
+
+
+@pytest.mark.parametrize("n", [50, exact.HASHED_FROM + 500])
+def test_sets_up_to_the_sorted_limit_keep_the_digest_of_earlier_versions(n: int) -> None:
+    """The digest receipts of earlier versions recorded: SHA-256 of the type, the offsets and the bytes of
+    the distinct keys in sorted order, computed here with hashlib and Python's sort."""
+    import hashlib
+
+    keys = [f"https://d.example/{i * 7919 % n}/é" for i in range(n)] + ["", "a\x00"]
+    distinct = sorted({k.encode() for k in keys})
+    offsets = np.cumsum([0] + [len(k) for k in distinct]).astype(np.int64)
+    h = hashlib.sha256(b"large_binary")
+    h.update(offsets.tobytes())
+    h.update(b"".join(distinct))
+    assert ExactKeySet(pa.array(keys + keys[:10])).digest == "sha256:" + h.hexdigest()
