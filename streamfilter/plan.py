@@ -10,10 +10,11 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .errors import StreamfilterError, UsageError, redact_uri
-from .formats import folder_shards, format_by_extension
+from .formats import IMG2DATASET_MEMBERS, folder_shards, format_by_extension, set_member
 from .formats.embedding_set import is_member, set_root
 from .ledger import RECEIPTS_DIR
 from .store import ObjectInfo, Stores, scheme_of
@@ -34,6 +35,22 @@ class Shard:
     name: str  # the input's path relative to the common input prefix
     #: What a listing said of the input (size, ETag, mtime), so the shard need not ask again.
     info: ObjectInfo | None = field(default=None, compare=False)
+    #: What the listing said of an img2dataset tar's siblings (``.parquet``, ``_stats.json``), by suffix.
+    siblings: dict[str, ObjectInfo] = field(default_factory=dict, compare=False)
+
+
+def _shard(uri: str, output: str | None, name: str, known: dict[str, ObjectInfo]) -> Shard:
+    """A shard with what the listings said of it (and of its img2dataset siblings, if it is a tar)."""
+    siblings = {}
+    if uri.endswith(".tar"):
+        siblings = {s: known[set_member(uri, s)] for s in IMG2DATASET_MEMBERS if set_member(uri, s) in known}
+    return Shard(uri, output, name, known.get(uri), siblings)
+
+
+def _sibling_infos(uris: Iterable[str], listing: dict[str, ObjectInfo]) -> dict[str, ObjectInfo]:
+    """What ``listing`` says of the img2dataset siblings (``.parquet``, ``_stats.json``) of the tars in ``uris``."""
+    members = (set_member(u, s) for u in uris if u.endswith(".tar") for s in IMG2DATASET_MEMBERS)
+    return {m: listing[m] for m in members if m in listing}
 
 
 def expand_braces(pattern: str) -> list[str]:
@@ -169,9 +186,13 @@ async def _expand_glob(uri: str, stores: Stores, found: _Expansion, fmt: str | N
                 "_stats.json beside it); pass --format img2dataset to filter each set as one unit, or --format "
                 "webdataset to filter the tars alone"
             )
+    # What the listing said of the picked tars' img2dataset siblings: their sets need not ask again.
+    found_here_siblings = _sibling_infos(found_here, {info.uri: info for info in listed})
     if dot:  # name them as the user did: 'a.parquet', not './a.parquet'
         cut = len(uri) - len(path or "")
         found_here = {u[:cut] + u[cut + 2 :]: info for u, info in found_here.items()}
+        found_here_siblings = {u[:cut] + u[cut + 2 :]: info for u, info in found_here_siblings.items()}
+    found.known.update(found_here_siblings)
     if not found_here:
         where = f" in {os.getcwd()}" if dot else ""
         raise UsageError(f"no object matches {redact_uri(uri)}{where}; check the pattern")
@@ -248,6 +269,7 @@ def _take_folder(folder: str, listing: list[ObjectInfo], found: _Expansion, fmt:
         found.notes.append(f"{redact_uri(folder)}: {len(chosen.shards)} shards{kinds}{skips}")
     found.folders.append(folder)
     found.known.update({u: candidates[u] for u in chosen.shards})
+    found.known.update(_sibling_infos(chosen.shards, candidates))
     found.uris += chosen.shards
 
 
@@ -363,12 +385,12 @@ async def plan_shards(
             if not stores.for_uri(uri).writable:
                 raise UsageError(f"--in-place cannot replace {redact_uri(uri)}: its store is read-only")
         found.say_notes()
-        return Plan([Shard(u, u, n, known.get(u)) for u, n in zip(uris, names, strict=True)], base)
+        return Plan([_shard(u, u, n, known) for u, n in zip(uris, names, strict=True)], base)
     if output is None:
         found.say_notes()
-        return Plan([Shard(u, None, n, known.get(u)) for u, n in zip(uris, names, strict=True)], None)
+        return Plan([_shard(u, None, n, known) for u, n in zip(uris, names, strict=True)], None)
     out_prefix = output if output.endswith("/") else output + "/"
-    shards = [Shard(u, out_prefix + n, n, known.get(u)) for u, n in zip(uris, names, strict=True)]
+    shards = [_shard(u, out_prefix + n, n, known) for u, n in zip(uris, names, strict=True)]
     if not output_inside_input:
         _refuse_rereading(shards, found, output)
     clash = {_comparable(s.output) for s in shards if s.output} & {_comparable(u) for u in uris}

@@ -12,7 +12,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from helpers import assert_same_table, read_parquet, s3_get, s3_keys, write_list
+from fault_proxy import FaultProxy
+from helpers import assert_same_table, read_parquet, s3_get, s3_keys, serve, write_list
 from wds_helpers import drop_listed, entries, make_shard, reference_tar, write_sidecar
 
 import streamfilter
@@ -116,6 +117,38 @@ def test_sets_on_s3_are_assembled_from_copied_ranges(s3_endpoint, s3_client, buc
     ]
     tar_size = (src / "00000.tar").stat().st_size
     assert hit.bytes_read < 1.6 * tar_size  # read once to find the samples, plus the pieces around one cut
+
+
+@pytest.mark.parametrize("inputs", ["glob", "braces"])
+def test_a_listing_saves_the_siblings_heads(s3_endpoint, s3_client, bucket, tmp_path: Path, inputs: str) -> None:
+    """A glob lists the sets, so their .parquet and _stats.json need no HeadObject; a brace range lists
+    nothing, and each set asks for both (at once). Counted at a proxy in front of the S3 server."""
+    src = tmp_path / "in"
+    sets = [make_set(src, i, n=6) for i in range(3)]
+    for path in sorted(src.iterdir()):
+        s3_client.put_object(Bucket=bucket, Key=f"laion/{path.name}", Body=path.read_bytes())
+    listed = {sets[1][0][2]}
+    blocklist = write_list(tmp_path / "list.txt", sorted(listed))
+    proxy = FaultProxy(s3_endpoint)
+    with serve(proxy.app()) as url:
+        pattern = "*.tar" if inputs == "glob" else "{00000..00002}.tar"
+        report = streamfilter.run(
+            f"s3://{bucket}/laion/{pattern}", output=f"s3://{bucket}/clean-{inputs}/", blocklist=[str(blocklist)],
+            format="img2dataset", s3_endpoint_url=url, quiet=True,
+        )  # fmt: skip
+
+    assert report.ok, [s.error for s in report.shards]
+    heads = [key for (op, key), n in proxy.calls.items() for _ in range(n) if op == "HeadObject"]
+    inputs_asked = [key for key in heads if key.startswith("laion/")]
+    siblings_asked = [key for key in inputs_asked if key.endswith((".parquet", "_stats.json"))]
+    assert len(siblings_asked) == (0 if inputs == "glob" else 6), heads
+    assert len(inputs_asked) == (0 if inputs == "glob" else 9), heads  # the tars too: listed, or one HEAD each
+    for i, (_, table) in enumerate(sets):
+        stem = f"{i:05d}"
+        stats = json.loads(s3_get(s3_client, bucket, f"clean-{inputs}/{stem}_stats.json"))
+        parquet = read_parquet(s3_get(s3_client, bucket, f"clean-{inputs}/{stem}.parquet"))
+        tar = s3_get(s3_client, bucket, f"clean-{inputs}/{stem}.tar")
+        check_set(src, tar, parquet, stats, stem, table, listed)
 
 
 def test_incomplete_set_fails_alone(tmp_path: Path) -> None:

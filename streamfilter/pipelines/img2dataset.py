@@ -29,6 +29,7 @@ import anyio.to_thread
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..concurrency import gather_limited
 from ..errors import ShardError, StreamfilterError, redact_uri
 from ..formats.parquet import ParquetShard
 from ..formats.webdataset import BLOCK, RECORD, TarReader
@@ -185,8 +186,9 @@ async def process_set(
     assert shard.output is not None
     label = redact_uri(shard.input)
     stores, tools = ctx.stores, ctx.tools
-    parquet_info = await _stat(stores, sibling(shard.input, ".parquet"), label)
-    stats_info = await _stat(stores, sibling(shard.input, STATS_SUFFIX), label)
+    # What the listing said of the siblings, or a HEAD of each, both at once.
+    suffixes = [".parquet", STATS_SUFFIX]
+    parquet_info, stats_info = await gather_limited(suffixes, lambda s: _sibling_info(stores, shard, s, label), 2)
     siblings = [(parquet_info, sibling(shard.output, ".parquet")), (stats_info, sibling(shard.output, STATS_SUFFIX))]
     parquet_files = ShardFiles(opened.open(parquet_info), None, redact_uri(parquet_info.uri), _no_sibling)
     expected = None
@@ -254,7 +256,8 @@ async def _rewrite_set(
     if (parquet_counts.rows_in, parquet_counts.rows_out) != (report.rows_in, report.rows_out):
         raise ShardError(f"{redact_uri(parquet_in)} changed while it was filtered; rerun")
     report.removed_by, report.kept_by = parquet_counts.removed_by, parquet_counts.kept_by
-    stats_bytes = updated_stats(await stores.for_uri(stats_in).read_all(stats_in), decision, redact_uri(stats_in))
+    stats_data = await stores.for_uri(stats_in).read_range(stats_in, 0, stats_info.size)  # its size is known
+    stats_bytes = updated_stats(stats_data, decision, redact_uri(stats_in))
     stats_written = await stores.for_uri(stats_out).put(stats_out, stats_bytes)
     report.bytes_written = written.size + parquet_written.size + stats_written.size
     report.bytes_saved = info.size + parquet_info.size + stats_info.size - report.bytes_written
@@ -265,7 +268,10 @@ async def _rewrite_parquet(shard: Shard, ctx: RunContext, files: ShardFiles) -> 
     return await rewrite(shard, ctx, pipeline_for("parquet"), files, ctx.tools)
 
 
-async def _stat(stores: Any, uri: str, label: str) -> ObjectInfo:
+async def _sibling_info(stores: Any, shard: Shard, suffix: str, label: str) -> ObjectInfo:
+    if suffix in shard.siblings:
+        return shard.siblings[suffix]
+    uri = sibling(shard.input, suffix)
     try:
         return await stores.for_uri(uri).stat(uri)
     except StreamfilterError as exc:
