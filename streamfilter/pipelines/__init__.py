@@ -24,6 +24,7 @@ from ..errors import ShardError
 from ..keys import KeySpec, key_values
 from ..progress import Progress
 from ..sets import KeySet
+from ..sets.arrays import from_numpy
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class Filter:
             if tally is not None:
                 for kind, n in counts.items():
                     tally[kind] = tally.get(kind, 0) + n
-            hit = pa.array(found if isinstance(found, np.ndarray) else np.asarray(found))
+            hit = from_numpy(np.asarray(found, bool))  # pa.array would import pandas
         return hit if self.mode == "allow" else pc.invert(hit)
 
 

@@ -25,7 +25,7 @@ _NIBBLES[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16, dtype=np.
 
 
 def _first_bad(ok: pa.Array) -> int | None:
-    bad = pc.indices_nonzero(pc.invert(pc.fill_null(ok, False)))
+    bad = pc.indices_nonzero(pc.invert(pc.and_kleene(ok, pc.is_valid(ok))))  # a null is not ok
     return bad[0].as_py() if len(bad) else None
 
 
@@ -79,7 +79,7 @@ def untagged(keys: pa.Array) -> pa.Array:
     """Entries with their ``exact:`` tag taken off (``exact:domain:x`` is the key ``domain:x``)."""
     if not (pa.types.is_large_string(keys.type) or pa.types.is_string(keys.type)):
         return keys
-    tagged = pc.fill_null(pc.starts_with(keys, EXACT), False)
+    tagged = pc.and_kleene(pc.starts_with(keys, EXACT), pc.is_valid(keys))
     if not pc.any(tagged).as_py():
         return keys
     return pc.if_else(tagged, pc.utf8_slice_codeunits(keys, len(EXACT)), keys)

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import UsageError
+from .arrays import as_mask, from_numpy
 
 BITS = 256
 HASH_BYTES = BITS // 8
@@ -54,7 +55,7 @@ def parse_hex(entries: pa.Array, where: Callable[[int], str]) -> np.ndarray:
     if isinstance(entries, pa.ChunkedArray):
         entries = entries.combine_chunks()
     text = entries.cast(pa.large_string())
-    present = np.flatnonzero(pc.is_valid(text).to_numpy(zero_copy_only=False))
+    present = np.flatnonzero(as_mask(pc.is_valid(text)))
     if len(present) < len(text):
         text = text.drop_null()
     offsets = np.frombuffer(text.buffers()[1], np.int64)[text.offset : text.offset + len(text) + 1]
@@ -165,7 +166,7 @@ class PdqKeySet:
         """Keys are hashes as 32-byte binaries: True where one is within ``max_distance`` of the list."""
         if isinstance(keys, pa.ChunkedArray):
             keys = keys.combine_chunks()
-        valid = pc.is_valid(keys).to_numpy(zero_copy_only=False)
-        data = keys.fill_null(bytes(HASH_BYTES)).cast(pa.binary(HASH_BYTES))
-        queries = np.frombuffer(data.buffers()[1], np.uint8)[data.offset * HASH_BYTES :][: len(data) * HASH_BYTES]
-        return pa.array((self.distances(queries) >= 0) & valid)
+        keys = keys.cast(pa.binary(HASH_BYTES))
+        valid = as_mask(pc.is_valid(keys))
+        data = np.frombuffer(keys.buffers()[1], np.uint8)[keys.offset * HASH_BYTES :][: len(keys) * HASH_BYTES]
+        return from_numpy((self.distances(data) >= 0) & valid)  # a null's slot holds bytes, never matched

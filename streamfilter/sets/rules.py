@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 
 from ..errors import UsageError
 from ..keys import KeySpec, normalize
+from .arrays import as_mask, from_numpy
 from .hosts import ascii_host, url_hosts
 from .keyset import KeySet
 
@@ -76,7 +77,7 @@ _NOT_A_PREFIX = "a prefix: rule is a URL with a scheme and a host, e.g. prefix:h
 
 
 def _refuse_if(mask: pa.Array, where: Callable[[int], str], what: str) -> None:
-    bad = _first(pc.fill_null(mask, True).to_numpy(zero_copy_only=False))
+    bad = _first(as_mask(pc.or_kleene(mask, pc.is_null(mask))))  # a null counts as bad
     if bad is not None:
         raise UsageError(f"{where(bad)}: {what}")
 
@@ -112,7 +113,7 @@ def domain_entries(values: pa.Array, where: Callable[[int], str]) -> pa.Array:
     _refuse_if(pc.invert(pc.or_(pc.or_(named, ipv4), ipv6)), where, _BAD_NAME)
     _refuse_if(pc.and_(pc.invert(ipv4), pc.match_substring_regex(hosts, _NUMERIC_TLD)), where, _NUMBER)
     psl = _public_suffixes()
-    names = pc.invert(pc.or_(ipv4, ipv6)).to_numpy(zero_copy_only=False)
+    names = as_mask(pc.invert(pc.or_(ipv4, ipv6)))
     for i, host in enumerate(hosts.to_pylist()):  # at load only (about 2 us a domain)
         if names[i] and psl.is_public(host):
             raise UsageError(
@@ -135,7 +136,7 @@ def refuse_rules(keys: pa.Array, where: Callable[[int], str], why: str) -> None:
     if not pa.types.is_large_string(keys.type) and not pa.types.is_string(keys.type):
         return
     tagged = pc.or_(pc.starts_with(keys, DOMAIN), pc.starts_with(keys, PREFIX))
-    bad = _first(pc.fill_null(tagged, False).to_numpy(zero_copy_only=False))
+    bad = _first(as_mask(tagged))
     if bad is not None:
         raise UsageError(f"{where(bad)}: a domain:/prefix: rule {why}")
 
@@ -155,8 +156,9 @@ def split_rules(
     """Take the rule lines out of one list's entries into ``into``; returns the exact keys and their lines."""
     if not pa.types.is_large_string(keys.type):
         return keys, lines
-    is_domain = pc.fill_null(pc.starts_with(keys, DOMAIN), False)
-    is_prefix = pc.fill_null(pc.starts_with(keys, PREFIX), False)
+    present = pc.is_valid(keys)  # nulls are no rules (and_kleene: a null and false is false)
+    is_domain = pc.and_kleene(pc.starts_with(keys, DOMAIN), present)
+    is_prefix = pc.and_kleene(pc.starts_with(keys, PREFIX), present)
     tagged = pc.or_(is_domain, is_prefix)
     if not pc.any(tagged).as_py():
         return keys, lines
@@ -203,11 +205,7 @@ class RuleKeySet:
         """A bool per key (listed by any kind), and how many keys each kind matched, each key
         credited once: to its exact key, else its prefix, else its domain."""
         n = len(keys)
-        exact = (
-            self.exact.contains(keys).to_numpy(zero_copy_only=False)
-            if self.exact is not None and self.exact.size
-            else np.zeros(n, bool)
-        )
+        exact = as_mask(self.exact.contains(keys)) if self.exact is not None and self.exact.size else np.zeros(n, bool)
         prefix = self.prefixes.contains(keys) if self.prefixes.size else np.zeros(n, bool)
         domain = self.domains.contains_urls(keys) if self.domains.size else np.zeros(n, bool)
         hit = exact | prefix | domain
@@ -216,7 +214,7 @@ class RuleKeySet:
         return hit, counts
 
     def contains(self, keys: pa.Array) -> pa.Array:
-        return pa.array(self.classify(keys)[0])
+        return from_numpy(self.classify(keys)[0])
 
 
 def rule_key_set(exact: KeySet | None, rules: RuleEntries) -> RuleKeySet:
