@@ -43,8 +43,11 @@ def import_graph() -> dict[str, set[str]]:
                 found = resolve(target)
                 # A module reaching into its own package (a sibling's name re-exported there), or a
                 # package's __init__ importing its own submodules, is how packages are built, not a cycle.
-                if found and found != name and found.startswith("streamfilter") and not (
-                    name.startswith(found + ".") or found.startswith(name + ".")
+                if (
+                    found
+                    and found != name
+                    and found.startswith("streamfilter")
+                    and not (name.startswith(found + ".") or found.startswith(name + "."))
                 ):
                     edges.add(found)
         graph[name] = edges

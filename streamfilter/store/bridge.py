@@ -31,6 +31,7 @@ class PartWriter(Protocol):
 
     async def write_part(self, data: bytes) -> None: ...
 
+
 #: Small reads (footers, page headers) are widened to this many bytes so a
 #: Parquet footer costs one request instead of several.
 READ_AHEAD = 256 * 1024
