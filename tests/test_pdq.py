@@ -371,3 +371,25 @@ def test_options_from_a_config_file_or_the_api(tmp_path: Path) -> None:
     assert "image" not in build_spec({"inputs": ["a.tar"], "output": "o", "blocklist": ["l"]}).key.to_dict()
     with pytest.raises(UsageError, match="--max-distance 'far'"):
         build_spec({"inputs": ["a.tar"], "output": "o", "blocklist": ["l"], "image_hash": "pdq", "max_distance": "far"})
+
+
+def test_an_image_too_large_to_read_whole_is_undecodable(photos, tmp_path: Path, monkeypatch) -> None:
+    """Past the bytes a member may be read whole (64 MiB; 20 KB here), an image is kept and counted undecodable."""
+    from streamfilter.formats import webdataset as wds
+
+    monkeypatch.setattr(wds, "MAX_WANTED_BYTES", 20_000)
+    (tmp_path / "in").mkdir()
+    big = encode(photos[1], "PNG")
+    small = encode(photos[2], quality=30)
+    assert len(big) > 20_000 > len(small)
+    src = make_tar(tmp_path / "in" / "00000.tar", {"big.png": big, "small.jpg": small})
+    listed = write_hex_list(tmp_path / "pdq.txt", [reference_hash(encode(photos[1])), reference_hash(small)])
+    argv = ["run", str(src), "--output", str(tmp_path / "out"), "--image-hash", "pdq", "--blocklist", str(listed)]
+
+    code, report = run(argv, tmp_path / "report.json")
+
+    assert code == 0, report["shards"][0]["error"]
+    images_seen = report["shards"][0]["images"]
+    assert (images_seen["hashed"], images_seen["matched"], images_seen["undecodable"]) == (1, 1, 1)
+    _, expected = reference_tar(src, lambda sample: sample_key(sample[0].name) == "small")
+    assert (tmp_path / "out" / "00000.tar").read_bytes() == expected

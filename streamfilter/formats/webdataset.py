@@ -236,8 +236,11 @@ class TarReader:
                 parts.append(buf[max(pos, start) - start : min(end, start + len(buf)) - start])
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def members(self, wanted: str | tuple[str, ...] | None = None) -> Iterator[Member]:
-        """Every entry in order; the data of files whose names end with ``wanted`` is read into ``Member.data``."""
+    def members(self, wanted: str | tuple[str, ...] | None = None, oversized: str = "fail") -> Iterator[Member]:
+        """Every entry in order; the data of files whose names end with ``wanted`` is read into ``Member.data``.
+
+        A wanted member over :data:`MAX_WANTED_BYTES` fails the archive, or with ``oversized="empty"`` is
+        given empty data (an image too large to hash is then undecodable, not a failed shard)."""
         if self.size == 0:
             raise ShardError(f"{self.name} is empty, not a tar archive; check the object")
         head = bytes(self._view(0, min(BLOCK, self.size)))
@@ -321,9 +324,12 @@ class TarReader:
             end = self._data_end(pos, size, f"member {name!r}")
             data = None
             if wanted is not None and entry == "file" and name.endswith(wanted):
-                if size > MAX_WANTED_BYTES:
+                if size <= MAX_WANTED_BYTES:
+                    data = bytes(self._view(pos + BLOCK, size))
+                elif oversized == "empty":
+                    data = b""
+                else:
                     self._fail(pos, f"member {name!r} has {size:,} bytes, over {MAX_WANTED_BYTES:,} to decide by")
-                data = bytes(self._view(pos + BLOCK, size))
             yield Member(name, pos if ext_start is None else ext_start, end, size, entry, data)
             if self.held_bytes > MAX_SAMPLE_BYTES:
                 raise ShardError(
@@ -333,7 +339,7 @@ class TarReader:
             ext_start, pax, long_name = None, {}, None
             pos = end
 
-    def samples(self, meta: str | tuple[str, ...] | None = "json") -> Iterator[Sample]:
+    def samples(self, meta: str | tuple[str, ...] | None = "json", oversized: str = "fail") -> Iterator[Sample]:
         """Consecutive members with the same key grouped into samples, in archive order.
 
         The data of each sample's ``meta`` member (``000123.json``; with several extensions, the
@@ -342,7 +348,7 @@ class TarReader:
         """
         metas = (meta,) if isinstance(meta, str) else meta or ()
         current: Sample | None = None
-        for m in self.members(tuple("." + e for e in metas) if metas else None):
+        for m in self.members(tuple("." + e for e in metas) if metas else None, oversized):
             if m.kind != "file":
                 if current is not None:
                     yield current

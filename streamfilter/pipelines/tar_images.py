@@ -33,6 +33,9 @@ def new_tally() -> dict[str, Any]:
 class ImageKeys:
     """Decides a batch of samples by their images' PDQ hashes (or by the decisions a scan left)."""
 
+    #: An image member too large to read whole (over 64 MiB) comes as no data: undecodable, not a failed shard.
+    oversized = "empty"
+
     def __init__(self, files: ShardFiles, tools: ShardTools) -> None:
         self.name, self.tools = files.name, tools
         earlier = files.state.get(STATE)

@@ -206,7 +206,7 @@ def kept_runs(reader: TarReader, keys: Keys, counts: Counts, tools: ShardTools) 
     batch is released only after its last range was taken. ``counts`` is kept up to date.
     """
     batch: list[Sample] = []
-    for sample in reader.samples(meta=keys.meta):
+    for sample in reader.samples(meta=keys.meta, oversized=getattr(keys, "oversized", "fail")):
         batch.append(sample)
         if len(batch) >= BATCH_SAMPLES or reader.held_bytes >= BATCH_BYTES:
             yield from _decide(batch, keys, reader, counts, tools)
