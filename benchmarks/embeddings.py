@@ -314,16 +314,23 @@ def sparse_verdicts(r: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render_sparse(r: dict[str, Any]) -> str:
-    """The sparse case alone (``--sparse-only``)."""
-    lines = [
-        f"# Embedding sets benchmark, sparse only (benchmarks/embeddings.py --sparse-only --rows {r['rows']})",
+def _heading(r: dict[str, Any], case: str, data_note: str) -> list[str]:
+    """The title, machine and data lines of a one-case report (``--sparse-only`` / ``--dense-only``)."""
+    return [
+        f"# Embedding sets benchmark, {case} only (benchmarks/embeddings.py --{case}-only --rows {r['rows']})",
         "",
         f"{r['date']}; {r['machine']['nproc']} CPUs ({r['machine']['cpu']}), load average before "
         f"{', '.join(f'{x:.2f}' for x in r['machine']['loadavg_before'])}; medians of {r['runs']} runs.",
         f"{r['sets']} sets of {r['rows']:,} rows (float16 x {DIM}, {r['rows'] * DIM * 2 / MIB:,.0f} MiB a .npy); "
-        f"input {r['input_bytes'] / MIB:,.0f} MiB.",
+        f"input {r['input_bytes'] / MIB:,.0f} MiB{data_note}",
         "",
+    ]
+
+
+def render_sparse(r: dict[str, Any]) -> str:
+    """The sparse case alone (``--sparse-only``)."""
+    lines = [
+        *_heading(r, "sparse", "."),
         "| endpoint | engine | median wall s | runs (s) | loads | CPU s | server CPU s | through the client MiB |",
         "| --- | --- | ---: | --- | --- | ---: | ---: | ---: |",
     ]
@@ -348,13 +355,7 @@ def dense_verdicts(de: dict[str, Any]) -> list[str]:
 def render_dense(r: dict[str, Any]) -> str:
     """The dense case alone (``--dense-only``)."""
     lines = [
-        f"# Embedding sets benchmark, dense only (benchmarks/embeddings.py --dense-only --rows {r['rows']})",
-        "",
-        f"{r['date']}; {r['machine']['nproc']} CPUs ({r['machine']['cpu']}), load average before "
-        f"{', '.join(f'{x:.2f}' for x in r['machine']['loadavg_before'])}; medians of {r['runs']} runs.",
-        f"{r['sets']} sets of {r['rows']:,} rows (float16 x {DIM}, {r['rows'] * DIM * 2 / MIB:,.0f} MiB a .npy); "
-        f"input {r['input_bytes'] / MIB:,.0f} MiB; 5% of every set's rows listed, local disk.",
-        "",
+        *_heading(r, "dense", "; 5% of every set's rows listed, local disk."),
         "| engine | median wall s | runs (s) | loads | CPU s | peak RSS MiB |",
         "| --- | ---: | --- | --- | ---: | ---: |",
     ]
