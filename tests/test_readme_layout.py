@@ -44,6 +44,26 @@ def test_the_layout_links_the_architecture_and_names_only_what_exists() -> None:
         assert Path(path) in {Path(str(p).rstrip("/")) for p in named}, path
 
 
+def test_the_layout_names_every_module() -> None:
+    """A module added without a line in the Layout is caught here, not by the next reader."""
+    layout = section(README.read_text(encoding="utf-8"), "Layout")
+    lines = [line.strip() for line in layout.splitlines() if line.startswith("    ") and line.strip()]
+    named = {Path(str(p).rstrip("/")) for line in lines for p in named_paths(line)}
+    modules = [p.relative_to(ROOT) for p in (ROOT / "streamfilter").rglob("*.py") if p.name not in ("__init__.py",
+               "__main__.py", "_version.py")]  # fmt: skip
+    # A package named on its own line (``streamfilter/diff/``) names what is in it, when its line lists no files.
+    listed_packages = {p for p in named if (ROOT / p).is_dir()}
+    missing = [
+        str(m) for m in modules
+        if m not in named and not any(m.parent == pkg and not _lists_files(lines, pkg) for pkg in listed_packages)
+    ]  # fmt: skip
+    assert missing == [], missing
+
+
+def _lists_files(lines: list[str], package: Path) -> bool:
+    return any(Path(line.split()[0].rstrip("/")) == package and ".py" in line for line in lines)
+
+
 def test_the_architecture_names_only_modules_that_exist() -> None:
     text = ARCHITECTURE.read_text(encoding="utf-8")
     rows = [line for line in section(text, "Modules").splitlines() if line.startswith("| `streamfilter/")]
