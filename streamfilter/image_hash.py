@@ -43,7 +43,17 @@ def _libraries() -> tuple[Any, Any]:
         raise UsageError(
             f"--image-hash pdq needs {exc.name or 'pdqhash and Pillow'}: pip install 'streamfilter[images]'"
         ) from None
+    if not _QUIET:
+        # Pillow warns at open of an image past its decompression-bomb size; decode() decides on the size itself
+        # (after a JPEG's reduction), so the warning is only noise on stderr. Set once for the process:
+        # warnings.catch_warnings around each decode would not be thread-safe, and shards decode at once.
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+        _QUIET.append(True)
     return pdqhash, Image
+
+
+#: Whether the filter above is set (a list: set once, from whichever thread decodes first).
+_QUIET: list[bool] = []
 
 
 def check_available() -> None:
@@ -55,11 +65,12 @@ def decode(data: bytes | memoryview) -> np.ndarray | None:
     """The image as an (h, w, 3) uint8 array, reduced while decoding where the codec can; None if undecodable."""
     _, image_module = _libraries()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", image_module.DecompressionBombWarning)  # a bomb is undecodable
-            with image_module.open(io.BytesIO(data)) as image:
-                image.draft("RGB", (DECODE_AT_LEAST, DECODE_AT_LEAST))
-                pixels = np.asarray(image.convert("RGB"))
+        with image_module.open(io.BytesIO(data)) as image:
+            image.draft("RGB", (DECODE_AT_LEAST, DECODE_AT_LEAST))
+            limit = image_module.MAX_IMAGE_PIXELS
+            if limit and image.width * image.height > limit:
+                return None  # past Pillow's decompression-bomb size even once reduced: undecodable
+            pixels = np.asarray(image.convert("RGB"))
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError, image_module.DecompressionBombError,
             image_module.DecompressionBombWarning):  # fmt: skip
         return None

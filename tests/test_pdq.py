@@ -393,3 +393,20 @@ def test_an_image_too_large_to_read_whole_is_undecodable(photos, tmp_path: Path,
     assert (images_seen["hashed"], images_seen["matched"], images_seen["undecodable"]) == (1, 1, 1)
     _, expected = reference_tar(src, lambda sample: sample_key(sample[0].name) == "small")
     assert (tmp_path / "out" / "00000.tar").read_bytes() == expected
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_an_image_past_the_decompression_bomb_size_is_undecodable(photos, tmp_path: Path, monkeypatch) -> None:
+    """Past Pillow's bomb limit (89 megapixels; 40,000 pixels here) an image is undecodable, not a failed shard."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40_000)
+    (tmp_path / "in").mkdir()
+    small = encode(photos[3].resize((128, 128)))
+    src = make_tar(tmp_path / "in" / "00000.tar", {"big.jpg": encode(photos[2]), "small.jpg": small})
+    listed = write_hex_list(tmp_path / "pdq.txt", [reference_hash(encode(photos[2])), reference_hash(small)])
+    argv = ["run", str(src), "--output", str(tmp_path / "out"), "--image-hash", "pdq", "--blocklist", str(listed)]
+
+    code, report = run(argv, tmp_path / "report.json")
+
+    assert code == 0, report["shards"][0]["error"]
+    images_seen = report["shards"][0]["images"]
+    assert (images_seen["hashed"], images_seen["matched"], images_seen["undecodable"]) == (1, 1, 1)
