@@ -21,6 +21,7 @@ too far for the 31-bit threshold; hashing 8 transformed copies would cost 8 time
 
 from __future__ import annotations
 
+import functools
 import io
 import warnings
 from typing import Any
@@ -35,6 +36,7 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "
 DECODE_AT_LEAST = 512
 
 
+@functools.cache  # once a process: the imports, and the warnings filter below
 def _libraries() -> tuple[Any, Any]:
     try:
         import pdqhash
@@ -43,17 +45,11 @@ def _libraries() -> tuple[Any, Any]:
         raise UsageError(
             f"--image-hash pdq needs {exc.name or 'pdqhash and Pillow'}: pip install 'streamfilter[images]'"
         ) from None
-    if not _QUIET:
-        # Pillow warns at open of an image past its decompression-bomb size; decode() decides on the size itself
-        # (after a JPEG's reduction), so the warning is only noise on stderr. Set once for the process:
-        # warnings.catch_warnings around each decode would not be thread-safe, and shards decode at once.
-        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-        _QUIET.append(True)
+    # Pillow warns at open of an image past its decompression-bomb size; decode() decides on the size itself
+    # (after a JPEG's reduction), so the warning is only noise on stderr. Set once for the process:
+    # warnings.catch_warnings around each decode would not be thread-safe, and shards decode at once.
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     return pdqhash, Image
-
-
-#: Whether the filter above is set (a list: set once, from whichever thread decodes first).
-_QUIET: list[bool] = []
 
 
 def check_available() -> None:

@@ -44,6 +44,8 @@ class JsonKeys:
     """Keys from each sample's ``.json`` member."""
 
     meta: str | None = "json"
+    #: A .json member too large to read whole fails the shard (see ``TarReader.members``).
+    oversized = "fail"
 
     def __init__(self, files: ShardFiles, tools: ShardTools) -> None:
         self.name, self.tools = files.name, tools
@@ -93,6 +95,7 @@ class SidecarKeys:
     """Keys through the img2dataset Parquet beside the tar: its ``key`` column names the samples."""
 
     meta: str | None = None
+    oversized = "fail"  # reads no member's data
 
     def __init__(self, name: str, tools: ShardTools, known: list[str], removed: list[str], sidecar: str) -> None:
         """From the sidecar's keys (``known``) and those of the rows the rule removes; a key twice is an error."""
@@ -206,7 +209,7 @@ def kept_runs(reader: TarReader, keys: Keys, counts: Counts, tools: ShardTools) 
     batch is released only after its last range was taken. ``counts`` is kept up to date.
     """
     batch: list[Sample] = []
-    for sample in reader.samples(meta=keys.meta, oversized=getattr(keys, "oversized", "fail")):
+    for sample in reader.samples(meta=keys.meta, oversized=keys.oversized):
         batch.append(sample)
         if len(batch) >= BATCH_SAMPLES or reader.held_bytes >= BATCH_BYTES:
             yield from _decide(batch, keys, reader, counts, tools)
