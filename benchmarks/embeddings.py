@@ -327,6 +327,15 @@ def _heading(r: dict[str, Any], case: str, data_note: str) -> list[str]:
     ]
 
 
+def save_one_case(name: str, result: dict[str, Any], render: Any) -> int:
+    """A one-case report (``--sparse-only`` / ``--dense-only``) as results/NAME.json and .md, printed too."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(render(result))
+    print(render(result))
+    return 0
+
+
 def render_sparse(r: dict[str, Any]) -> str:
     """The sparse case alone (``--sparse-only``)."""
     lines = [
@@ -457,20 +466,10 @@ def main(argv: list[str] | None = None) -> int:
     result["input_bytes"] = input_bytes(root)
     if args.dense_only:
         result["dense"] = dense(args, root, urls, f"rows{args.rows}", args.runs)
-        RESULTS.mkdir(exist_ok=True)
-        name = f"embeddings-dense-{args.rows}"
-        (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-        (RESULTS / f"{name}.md").write_text(render_dense(result))
-        print(render_dense(result))
-        return 0
+        return save_one_case(f"embeddings-dense-{args.rows}", result, render_dense)
     result["sparse"] = {name: sparse(args, root, urls, name) for name in args.endpoints.split(",")}
     if args.sparse_only:
-        RESULTS.mkdir(exist_ok=True)
-        name = f"embeddings-sparse-{args.rows}"
-        (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-        (RESULTS / f"{name}.md").write_text(render_sparse(result))
-        print(render_sparse(result))
-        return 0
+        return save_one_case(f"embeddings-sparse-{args.rows}", result, render_sparse)
     result["dense"] = dense(args, root, urls, "main", args.runs)
     small, large = DATA / "mem-1x", DATA / "mem-4x"
     mem_sets = 4
