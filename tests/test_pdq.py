@@ -52,6 +52,15 @@ def run(argv: list[str], report: Path) -> tuple[int, dict]:
     return code, json.loads(report.read_text())
 
 
+def image_job(tmp_path: Path, images: dict[str, bytes], hashes: list[bytes], *extra: str) -> tuple[Path, list[str]]:
+    """``in/00000.tar`` of ``images``, a list of ``hashes``, and the run of one against the other into ``out/``."""
+    (tmp_path / "in").mkdir()
+    src = make_tar(tmp_path / "in" / "00000.tar", images)
+    listed = write_hex_list(tmp_path / "pdq.txt", hashes)
+    return src, ["run", str(src), "--output", str(tmp_path / "out"), "--image-hash", "pdq", "--blocklist",
+                 str(listed), *extra]  # fmt: skip
+
+
 # -- the index -----------------------------------------------------------------------------------------
 
 
@@ -117,11 +126,9 @@ def test_variants_of_listed_images_go_and_unrelated_images_stay(photos, tmp_path
         else:
             fmt, ext = [("JPEG", "jpg"), ("PNG", "png"), ("WEBP", "webp")][seed % 3]
             images[f"{seed:03d}.{ext}"] = encode(image, fmt)
-    (tmp_path / "in").mkdir()
-    src = make_tar(tmp_path / "in" / "00000.tar", images)
-    listed = write_hex_list(tmp_path / "pdq.txt", [reference_hash(encode(photos[s], quality=95)) for s in listed_seeds])
+    src, argv = image_job(tmp_path, images, [reference_hash(encode(photos[s], quality=95)) for s in listed_seeds])
+    listed = tmp_path / "pdq.txt"
 
-    argv = ["run", str(src), "--output", str(tmp_path / "out"), "--image-hash", "pdq", "--blocklist", str(listed)]
     code, report = run(argv, tmp_path / "report.json")
 
     assert code == 0, report["shards"][0]["error"]
@@ -166,17 +173,13 @@ def test_a_shard_without_matches_is_copied_and_flips_do_not_match(photos, tmp_pa
 
 @pytest.mark.parametrize("on_undecodable", ["keep", "remove"])
 def test_undecodable_images_are_counted_and_kept_unless_asked(photos, tmp_path: Path, on_undecodable: str) -> None:
-    (tmp_path / "in").mkdir()
     images = {
         "good.jpg": encode(photos[1]),
         "garbage.jpg": b"\xff\xd8\xff\xe0 not really a jpeg",
         "truncated.png": encode(photos[2], "PNG")[:300],
         "listed.jpg": encode(photos[3]),
     }
-    src = make_tar(tmp_path / "in" / "00000.tar", images)
-    listed = write_hex_list(tmp_path / "pdq.txt", [reference_hash(encode(photos[3]))])
-    argv = ["run", str(src), "--output", str(tmp_path / "out"), "--image-hash", "pdq", "--blocklist", str(listed),
-            "--on-undecodable", on_undecodable]  # fmt: skip
+    src, argv = image_job(tmp_path, images, [reference_hash(encode(photos[3]))], "--on-undecodable", on_undecodable)
 
     code, report = run(argv, tmp_path / "report.json")
 
@@ -329,12 +332,10 @@ def test_a_parquet_shard_in_an_image_run_fails_alone(photos, tmp_path: Path) -> 
 
 def test_matches_of_featureless_images_are_counted_apart(photos, tmp_path: Path) -> None:
     """PDQ calls hashes of quality under 50 unreliable: a flat image's match is removed, and counted apart."""
-    (tmp_path / "in").mkdir()
     flat = encode(Image.new("RGB", (256, 256), (120, 130, 140)))
     assert pdqhash.compute(np.asarray(Image.open(io.BytesIO(flat)).convert("RGB")))[1] < 50
-    src = make_tar(tmp_path / "in" / "00000.tar", {"flat.jpg": flat, "photo.jpg": encode(photos[4])})
-    listed = write_hex_list(tmp_path / "pdq.txt", [reference_hash(flat), reference_hash(encode(photos[4]))])
-    argv = ["run", str(src), "--output", str(tmp_path / "out"), "--image-hash", "pdq", "--blocklist", str(listed)]
+    images = {"flat.jpg": flat, "photo.jpg": encode(photos[4])}
+    _, argv = image_job(tmp_path, images, [reference_hash(flat), reference_hash(encode(photos[4]))])
 
     code, report = run(argv, tmp_path / "report.json")
 
@@ -378,13 +379,11 @@ def test_an_image_too_large_to_read_whole_is_undecodable(photos, tmp_path: Path,
     from streamfilter.formats import webdataset as wds
 
     monkeypatch.setattr(wds, "MAX_WANTED_BYTES", 20_000)
-    (tmp_path / "in").mkdir()
     big = encode(photos[1], "PNG")
     small = encode(photos[2], quality=30)
     assert len(big) > 20_000 > len(small)
-    src = make_tar(tmp_path / "in" / "00000.tar", {"big.png": big, "small.jpg": small})
-    listed = write_hex_list(tmp_path / "pdq.txt", [reference_hash(encode(photos[1])), reference_hash(small)])
-    argv = ["run", str(src), "--output", str(tmp_path / "out"), "--image-hash", "pdq", "--blocklist", str(listed)]
+    hashes = [reference_hash(encode(photos[1])), reference_hash(small)]
+    src, argv = image_job(tmp_path, {"big.png": big, "small.jpg": small}, hashes)
 
     code, report = run(argv, tmp_path / "report.json")
 
@@ -399,11 +398,9 @@ def test_an_image_too_large_to_read_whole_is_undecodable(photos, tmp_path: Path,
 def test_an_image_past_the_decompression_bomb_size_is_undecodable(photos, tmp_path: Path, monkeypatch) -> None:
     """Past Pillow's bomb limit (89 megapixels; 40,000 pixels here) an image is undecodable, not a failed shard."""
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40_000)
-    (tmp_path / "in").mkdir()
     small = encode(photos[3].resize((128, 128)))
-    src = make_tar(tmp_path / "in" / "00000.tar", {"big.jpg": encode(photos[2]), "small.jpg": small})
-    listed = write_hex_list(tmp_path / "pdq.txt", [reference_hash(encode(photos[2])), reference_hash(small)])
-    argv = ["run", str(src), "--output", str(tmp_path / "out"), "--image-hash", "pdq", "--blocklist", str(listed)]
+    hashes = [reference_hash(encode(photos[2])), reference_hash(small)]
+    _, argv = image_job(tmp_path, {"big.jpg": encode(photos[2]), "small.jpg": small}, hashes)
 
     code, report = run(argv, tmp_path / "report.json")
 
