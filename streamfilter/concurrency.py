@@ -37,11 +37,14 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-async def gather_limited(items: Sequence[T], fn: Callable[[T], Awaitable[R]], limit: int) -> list[R]:
+async def gather_limited(
+    items: Sequence[T], fn: Callable[[T], Awaitable[R]], limit: int, *, cancel_rest: bool = False
+) -> list[R]:
     """``fn`` over ``items``, at most ``limit`` at a time, results in order; the first failure is re-raised.
 
     A task group would wrap the failure in an ExceptionGroup, which the CLI's one-line error
-    handling does not catch; the other calls finish first (they are short requests).
+    handling does not catch. The other calls finish first (they are short requests), or with
+    ``cancel_rest`` are cancelled at the first failure.
     """
     results: list = [None] * len(items)
     errors: list[Exception] = []
@@ -53,6 +56,8 @@ async def gather_limited(items: Sequence[T], fn: Callable[[T], Awaitable[R]], li
                 results[i] = await fn(items[i])
             except Exception as exc:
                 errors.append(exc)
+                if cancel_rest:
+                    tg.cancel_scope.cancel()
 
     async with anyio.create_task_group() as tg:
         for i in range(len(items)):

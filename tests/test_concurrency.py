@@ -63,3 +63,21 @@ def test_gather_limited_reraises_the_first_failure() -> None:
 
     with pytest.raises(ValueError, match="item 4"):
         anyio.run(gather_limited, list(range(8)), work, 2)
+
+
+def test_gather_limited_cancels_the_rest_when_asked() -> None:
+    """Without ``cancel_rest`` every call runs to its end; with it, the first failure cancels the others."""
+    finished: list[int] = []
+
+    async def work(i: int) -> int:
+        if i == 0:
+            raise ValueError("first")
+        await anyio.sleep(0.2 * i)  # bounded: at most 0.6 s
+        finished.append(i)
+        return i
+
+    for cancel_rest, expected in ((False, [1, 2, 3]), (True, [])):
+        finished.clear()
+        with pytest.raises(ValueError, match="first"):
+            anyio.run(lambda cr=cancel_rest: gather_limited([0, 1, 2, 3], work, 4, cancel_rest=cr))
+        assert finished == expected

@@ -29,6 +29,7 @@ import anyio.to_thread
 import numpy as np
 import pyarrow as pa
 
+from ..concurrency import gather_limited
 from ..errors import ShardError, StreamfilterError, redact_uri
 from ..formats.embedding_set import KINDS, is_member, kind_folder, member
 from ..formats.npy import FIRST_BYTES, NpyHeader, header_length, kept_byte_ranges, parse_header, rewritten_header
@@ -159,24 +160,9 @@ async def vectors_problem(stores: Stores, metadata: str, rows: int) -> str | Non
 
 
 async def gather(steps: list[Callable[[], Awaitable[T]]]) -> list[T]:
-    """Run ``steps`` at once; their results in order, or the first failure as itself (not a group), the
-    others cancelled."""
-    results: list[Any] = [None] * len(steps)
-    failures: list[BaseException] = []
-
-    async def one(i: int) -> None:
-        try:
-            results[i] = await steps[i]()
-        except Exception as exc:  # kept, so the set fails with this one line
-            failures.append(exc)
-            tg.cancel_scope.cancel()
-
-    async with anyio.create_task_group() as tg:
-        for i in range(len(steps)):
-            tg.start_soon(one, i)
-    if failures:
-        raise failures[0]
-    return results
+    """Run ``steps`` at once; their results in order, or the first failure as itself (not a group), so the
+    set fails with that one line, the others cancelled."""
+    return await gather_limited(steps, lambda step: step(), max(len(steps), 1), cancel_rest=True)
 
 
 async def process_set(
