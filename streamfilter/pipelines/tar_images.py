@@ -82,10 +82,9 @@ class ImageKeys:
 
     def _match(self, images: list[bytes]) -> np.ndarray:
         """Which images go: a match within the distance, or undecodable with ``--on-undecodable remove``."""
-        key = self.tools.rule.key
         hashes, decoded, quality = pdq_hashes(images)
         nearest = self.tools.rule.key_set.distances(hashes)  # type: ignore[attr-defined]
-        matched = decoded & (nearest >= 0) & (nearest <= key.max_distance)
+        matched = decoded & (nearest >= 0)  # the set answers -1 past its distance
         tally = self.tally
         tally["hashed"] += int(decoded.sum())
         tally["matched"] += int(matched.sum())
