@@ -69,3 +69,24 @@ def test_a_run_over_a_plain_list_imports_no_pandas(tmp_path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_an_embedding_set_run_imports_no_pandas(tmp_path) -> None:
+    """The metadata's keep mask goes to numpy and back to Arrow for its rewrite without the conversions
+    that import pandas (0.2 s of a local run's start-up, measured)."""
+    from emb_helpers import listed_of, make_set_files, write_files
+
+    sets = [make_set_files(i, 300) for i in range(2)]
+    for files in sets:
+        write_files(tmp_path / "in", files)
+    (tmp_path / "list.txt").write_text("\n".join(sorted(listed_of(sets, {0: [1, 5], 1: [7]}))) + "\n")
+    code = (
+        "import sys, streamfilter\n"
+        f"r = streamfilter.run([{str(tmp_path / 'in')!r}], output={str(tmp_path / 'out')!r}, format='embeddings', "
+        f"blocklist=[{str(tmp_path / 'list.txt')!r}], quiet=True)\n"
+        "assert r.ok and r.totals['rows_removed'] == 3, r.totals\n"
+        "print('pandas' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"

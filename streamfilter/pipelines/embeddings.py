@@ -37,6 +37,7 @@ from ..formats.parquet import ParquetShard
 from ..keys import require_columns
 from ..ledger import ShardReport
 from ..removed_ids import attach
+from ..sets.arrays import as_mask, from_numpy
 from ..shard_io import OpenedFiles, RunContext, keep_unchanged, rewrite
 from ..store import Refused
 from . import Counts, Filter, ShardFiles, ShardTools, pipeline_for
@@ -69,7 +70,7 @@ def decide(files: ShardFiles, tools: ShardTools) -> np.ndarray:
     masks = [np.zeros(0, bool)]
     for table in shard.row_groups(list(tools.rule.key.columns), use_threads=False):
         tools.check_cancelled(name)
-        masks.append(np.asarray(tools.rule.keep_mask(table, name), dtype=bool))
+        masks.append(as_mask(tools.rule.keep_mask(table, name)))
         tools.progress.add(table.num_rows, 0)
     return np.concatenate(masks)
 
@@ -89,7 +90,7 @@ class Decided(Filter):
         if len(part) != table.num_rows:
             raise ShardError(f"{source} changed while it was filtered; rerun")
         self.cursor[0] = start + table.num_rows
-        return pa.array(part)
+        return from_numpy(part)
 
 
 def filter_shard(files: ShardFiles, tools: ShardTools) -> Counts:
