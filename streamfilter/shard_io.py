@@ -36,6 +36,12 @@ class RunContext:
     #: Held while a shard decodes and encodes (a rewrite, a dry run): ``spec.concurrency`` of them,
     #: so the CPU-heavy work stays at the tuned level while more shards scan and copy.
     cpu_slots: anyio.CapacityLimiter
+    #: Held from a shard's scan to the end of its rewrite, or through a set's processing: while it holds
+    #: decoded data. Its receipt lookup, a clean shard's copy and its receipt wait on the store outside
+    #: it, so on a sparse run many shards are at those waits at once (see engine.STORE_WAITS).
+    decode_slots: anyio.CapacityLimiter
+    #: Whether the run is stopping: a shard that got its decode slot after the stop does not start.
+    stopping: Callable[[], bool] = lambda: False
     #: The run's resume decisions and receipts; None for a dry run, which writes none.
     receipts: ReceiptBook | None = None
     #: Told after each scan whether the shard was clean (the executor widens its fan-out on sparse runs).

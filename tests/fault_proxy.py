@@ -110,6 +110,11 @@ class FaultProxy:
         self.rules: list[Rule] = []
         #: Refuse every request carrying a flexible-checksum header, as stores without them do.
         self.refuse_checksums = False
+        #: Seconds each request of an operation is held before it is forwarded (a slow store's latency).
+        self.hold: dict[str, float] = {}
+        #: Requests of each operation being answered now, and the most there were at once.
+        self.in_flight: Counter[str] = Counter()
+        self.peak: Counter[str] = Counter()
         #: Faults actually injected, by kind; requests seen, by (operation, key).
         self.injected: Counter[str] = Counter()
         self.calls: Counter[tuple[str, str]] = Counter()
@@ -141,7 +146,18 @@ class FaultProxy:
         return None, rng
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        op, key = operation(request), object_key(request)
+        op = operation(request)
+        self.in_flight[op] += 1
+        self.peak[op] = max(self.peak[op], self.in_flight[op])
+        try:
+            if op in self.hold:
+                await asyncio.sleep(self.hold[op])
+            return await self._handle(request, op)
+        finally:
+            self.in_flight[op] -= 1
+
+    async def _handle(self, request: web.Request, op: str) -> web.StreamResponse:
+        key = object_key(request)
         self.calls[op, key] += 1
         body = await request.read()
         if self.refuse_checksums and any(h.lower().startswith(CHECKSUM_HEADERS) for h in request.headers):

@@ -244,3 +244,33 @@ def test_a_run_whose_hits_thin_out_scans_again(tmp_path: Path) -> None:
     vias = [s.output_via for s in report.shards]
     assert vias[:6] == ["rewrite"] * 6
     assert vias[-20:] == ["byte_copy"] * 20  # scanning resumed well before these
+
+
+def test_clean_shards_wait_for_their_copies_outside_the_decode_slots(
+    s3_endpoint, s3_client, bucket, tmp_path: Path
+) -> None:
+    """A clean shard's copy and receipt hold no decoded data: on a store slow to answer, many shards wait
+    on their copies at once, not only the few allowed to scan or rewrite (at concurrency 1, two)."""
+    from fault_proxy import FaultProxy
+    from helpers import serve
+
+    tables = [shard_table(300, start=300 * i, seed=i) for i in range(12)]
+    inputs = [put_table(s3_client, bucket, f"in/{i:02d}.parquet", t) for i, t in enumerate(tables)]
+    blocklist = write_list(tmp_path / "list.txt", ["https://not-in-any-shard.example/x.jpg"])
+    proxy = FaultProxy(s3_endpoint)
+    proxy.hold["CopyObject"] = 1.0
+    with serve(proxy.app()) as proxy.url:
+        report = streamfilter.run(
+            f"s3://{bucket}/in/*.parquet",
+            output=f"s3://{bucket}/out/",
+            blocklist=[str(blocklist)],
+            s3_endpoint_url=proxy.url,
+            concurrency=1,
+            quiet=True,
+        )
+    assert report.ok, [s.error for s in report.shards if s.error]
+    assert [s.output_via for s in report.shards] == ["server_copy"] * 12
+    for i, data in enumerate(inputs):
+        assert s3_get(s3_client, bucket, f"out/{i:02d}.parquet") == data
+    # Before, a copy held its shard's slot: never more than two at once.
+    assert proxy.peak["CopyObject"] >= 4, proxy.peak

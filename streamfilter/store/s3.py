@@ -357,6 +357,9 @@ class S3Store(Store):
             config_kwargs={
                 # One attempt per botocore call; see the module docstring.
                 "retries": {"total_max_attempts": 1, "mode": "adaptive"},
+                # botocore's 10 would queue a sparse run's shards at their waits (engine.STORE_WAITS: 32 at
+                # the default concurrency) behind one another's connections.
+                "max_pool_connections": 64,
                 # botocore sends CRC32 checksum headers on every upload, and asks for checksums on every GET,
                 # by default since 1.36; Backblaze B2, Qumulo and older Ceph and MinIO refuse those headers.
                 # Only where S3 requires them (as before 1.36), unless the environment says otherwise; it also
