@@ -14,6 +14,12 @@ from streamfilter.sets import exact
 from streamfilter.sets.exact import HASHED_FROM, ExactKeySet
 
 
+@pytest.fixture(autouse=True)
+def prefilter_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The prefilter built on a set's first lookup by hash, not after twice its size in keys."""
+    monkeypatch.setattr(exact, "PREFILTER_AFTER", 0)
+
+
 def reference(keys: pa.Array, members: pa.Array) -> list[bool]:
     value_set = members.filter(pc.is_valid(members))
     return pc.fill_null(pc.is_in(keys, value_set=value_set), False).to_pylist()
@@ -47,10 +53,10 @@ def test_strings_alike_where_sampled_are_still_told_apart() -> None:
     probes = [b"%012d" % i + tail for i in range(0, 2 * (HASHED_FROM + 10), 3)]
     assert len(set(exact._sampled_hashes(pa.array(members + probes, pa.binary())).tolist())) == 1
     key_set = ExactKeySet(pa.array(members, pa.binary()))
-    assert key_set._prefilter is not None
     probe_array = pa.array([*probes, None, b""], pa.binary())
     for batch in (probe_array, probe_array.slice(5, 1_000)):
         assert key_set.contains(batch).to_pylist() == reference(batch, pa.array(members, pa.binary()))
+    assert key_set._prefilter is not None
 
 
 @pytest.mark.parametrize("kind", [pa.string(), pa.large_string(), pa.binary(), pa.large_binary()])
@@ -61,7 +67,6 @@ def test_short_long_and_null_keys_answer_as_is_in(kind: pa.DataType) -> None:
         raw = [r.replace(b"\xff", b"~") for r in raw]  # valid UTF-8
     members = pa.array([r.decode() if kind in (pa.string(), pa.large_string()) else r for r in raw], kind)
     key_set = ExactKeySet(members)
-    assert key_set._prefilter is not None
     # Members, strings one byte off them (last, first and a middle byte), strings of every short length, nulls.
     probes = list(raw[::7])
     probes += [r[:-1] + b"!" for r in raw[::11] if r] + [b"!" + r[1:] for r in raw[::13] if r]
@@ -72,6 +77,7 @@ def test_short_long_and_null_keys_answer_as_is_in(kind: pa.DataType) -> None:
     array = pa.array([*probes, None, *probes[:50], None], kind)
     for batch in (array, array.slice(3), array.slice(0, 10)):
         assert key_set.contains(batch).to_pylist() == reference(batch, members)
+    assert key_set._prefilter is not None
 
 
 def test_most_non_members_are_ruled_out() -> None:
@@ -81,8 +87,25 @@ def test_most_non_members_are_ruled_out() -> None:
 
     members, others = urls(np.arange(50_000)), urls(np.arange(50_000, 90_000))
     key_set = ExactKeySet(members)
+    assert not any(key_set.contains(others).to_pylist())
+    assert all(key_set.contains(members.slice(0, 4_000)).to_pylist())
     assert key_set._prefilter is not None
     passed = key_set._prefilter.passing(exact.as_bytes(others))
     assert len(passed) < 0.1 * len(others)
-    assert not any(key_set.contains(others).to_pylist())
-    assert all(key_set.contains(members.slice(0, 4_000)).to_pylist())
+
+
+def test_answers_alike_before_and_after_the_prefilter_is_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A set builds its prefilter only after looking up twice its size in keys: every answer on the way equal.
+    monkeypatch.setattr(exact, "PREFILTER_AFTER", 2)
+    rng = np.random.default_rng(3)
+    members = pa.array([b"%d:" % i + r for i, r in enumerate(random_strings(rng, HASHED_FROM + 100, 24))])
+    key_set = ExactKeySet(members)
+    assert key_set._hashes is not None
+    probes = pa.concat_arrays([members.slice(0, 2_000), pa.array(random_strings(rng, 4_000, 24), pa.binary())])
+    expected = reference(probes, members)
+    built_at = None
+    for i in range(12):
+        assert key_set.contains(probes).to_pylist() == expected
+        if built_at is None and key_set._prefilter is not None:
+            built_at = i
+    assert built_at is not None and (built_at + 1) * len(probes) >= 2 * key_set.size
