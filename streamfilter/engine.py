@@ -40,7 +40,7 @@ from .plan import Shard, check_first_input, plan_shards, source_error, worker_sh
 from .progress import Progress
 from .sets import KeySet, build_key_set
 from .sets.load import open_filter
-from .shard_io import OpenedFiles, RunContext, keep_unchanged, rewrite
+from .shard_io import FoundClean, OpenedFiles, RunContext, keep_unchanged, rewrite
 from .spec import JobSpec
 from .store import ObjectInfo, Stores, scheme_of
 from .store.uris import sibling
@@ -66,9 +66,9 @@ def _take_counts(report: ShardReport, counts: Counts) -> None:
 
 async def filter_one(
     shard: Shard, ctx: RunContext, info: ObjectInfo, report: ShardReport, opened: OpenedFiles, fmt: str
-) -> ObjectInfo | Counts | None:
-    """One object in, one out, the part that holds decoded data: count it (dry run; returns None), scan
-    it (returns the counts of a clean shard, to copy) or rewrite it (returns the output)."""
+) -> ObjectInfo | FoundClean | None:
+    """One object in, one out, the part that holds decoded data: count it (a dry run; returns None), scan
+    it (a clean shard: what to copy) or rewrite it (returns the output)."""
     pipeline = pipeline_for(fmt)
     files = ShardFiles(opened.open(info), None, redact_uri(shard.input), opened.sibling_opener(shard.input))
     if shard.output is None:
@@ -80,7 +80,8 @@ async def filter_one(
     if scan is not None and ctx.on_scanned is not None:
         ctx.on_scanned(clean is not None)
     if clean is not None:
-        return clean
+        _take_counts(report, clean)
+        return FoundClean([(info, shard.output)])
     if ctx.spec.backup is not None:
         backup = f"{ctx.spec.backup.rstrip('/')}/{shard.name}"
         await ctx.stores.for_uri(backup).copy(info, backup)
@@ -101,16 +102,14 @@ async def run_fresh(
         if ctx.stopping():
             return False
         if process_set is not None:  # a set of objects as one unit (a dry run counts its deciding object)
-            done: ObjectInfo | Counts | None = await process_set(shard, ctx, info, report, opened)
+            done: ObjectInfo | FoundClean | None = await process_set(shard, ctx, info, report, opened)
         else:
             done = await filter_one(shard, ctx, info, report, opened, fmt)
     if done is None:  # a dry run
         return True
-    assert shard.output is not None
-    if isinstance(done, Counts):  # clean: copied (or, in place, left) with the scan's buffers given back
+    if isinstance(done, FoundClean):  # copied (or, in place, left) with the scan's buffers given back
         opened.close()
-        _take_counts(report, done)
-        done = await keep_unchanged(shard, ctx, [(info, shard.output)], report)
+        done = await keep_unchanged(shard, ctx, done.objects, report)
     report.output_etag = done.etag
     if process_set is None:  # a set's processor counts the bytes of all its objects
         report.bytes_saved = info.size - done.size

@@ -51,6 +51,15 @@ class RunContext:
     scan_pays: Callable[[], bool] = lambda: True
 
 
+@dataclass(frozen=True)
+class FoundClean:
+    """What a shard's (or set's) scan returns when no row goes: each input object with its output, to
+    copy (or, in place, leave) once the shard has given back its decode slot: the copy only waits on the
+    store."""
+
+    objects: list[tuple[ObjectInfo, str]]
+
+
 class OpenedFiles:
     """Every input object a shard opened, so they are closed and their bytes counted once."""
 

@@ -21,6 +21,7 @@ from helpers import (
     read_parquet,
     reference_filter,
     s3_get,
+    s3_keys,
     shard_table,
     write_list,
     write_shard,
@@ -246,31 +247,45 @@ def test_a_run_whose_hits_thin_out_scans_again(tmp_path: Path) -> None:
     assert vias[-20:] == ["byte_copy"] * 20  # scanning resumed well before these
 
 
+@pytest.mark.parametrize("kind", ["parquet", "img2dataset"])
 def test_clean_shards_wait_for_their_copies_outside_the_decode_slots(
-    s3_endpoint, s3_client, bucket, tmp_path: Path
+    kind: str, s3_endpoint, s3_client, bucket, tmp_path: Path
 ) -> None:
-    """A clean shard's copy and receipt hold no decoded data: on a store slow to answer, many shards wait
-    on their copies at once, not only the few allowed to scan or rewrite (at concurrency 1, two)."""
+    """A clean shard's (or set's) copies and receipt hold no decoded data: on a store slow to answer, many
+    shards wait on their copies at once, not only the few allowed to scan or rewrite (at concurrency 1,
+    two, each copying one object, or an img2dataset set's three)."""
     from fault_proxy import FaultProxy
     from helpers import serve
+    from test_img2dataset import make_set
 
-    tables = [shard_table(300, start=300 * i, seed=i) for i in range(12)]
-    inputs = [put_table(s3_client, bucket, f"in/{i:02d}.parquet", t) for i, t in enumerate(tables)]
+    shards = 12
+    if kind == "parquet":
+        for i in range(shards):
+            put_table(s3_client, bucket, f"in/{i:02d}.parquet", shard_table(300, start=300 * i, seed=i))
+        inputs, fmt, most_before = f"s3://{bucket}/in/*.parquet", "auto", 2
+    else:
+        for i in range(shards):
+            make_set(tmp_path / "sets", i, n=4)
+        for path in sorted((tmp_path / "sets").iterdir()):
+            s3_client.upload_file(str(path), bucket, f"in/{path.name}")
+        inputs, fmt, most_before = f"s3://{bucket}/in/*.tar", "img2dataset", 6
+    originals = {k: s3_get(s3_client, bucket, k) for k in s3_keys(s3_client, bucket, "in/")}
     blocklist = write_list(tmp_path / "list.txt", ["https://not-in-any-shard.example/x.jpg"])
     proxy = FaultProxy(s3_endpoint)
     proxy.hold["CopyObject"] = 1.0
     with serve(proxy.app()) as proxy.url:
         report = streamfilter.run(
-            f"s3://{bucket}/in/*.parquet",
+            inputs,
             output=f"s3://{bucket}/out/",
             blocklist=[str(blocklist)],
             s3_endpoint_url=proxy.url,
             concurrency=1,
+            format=fmt,
             quiet=True,
         )
     assert report.ok, [s.error for s in report.shards if s.error]
-    assert [s.output_via for s in report.shards] == ["server_copy"] * 12
-    for i, data in enumerate(inputs):
-        assert s3_get(s3_client, bucket, f"out/{i:02d}.parquet") == data
-    # Before, a copy held its shard's slot: never more than two at once.
-    assert proxy.peak["CopyObject"] >= 4, proxy.peak
+    assert [s.output_via for s in report.shards] == ["server_copy"] * shards
+    for key, data in originals.items():
+        assert s3_get(s3_client, bucket, "out/" + key.removeprefix("in/")) == data
+    # Before, a shard held its slot through its copies: never more than ``most_before`` at once.
+    assert proxy.peak["CopyObject"] > most_before, proxy.peak

@@ -38,7 +38,7 @@ from ..keys import require_columns
 from ..ledger import ShardReport
 from ..removed_ids import attach
 from ..sets.arrays import as_mask, from_numpy
-from ..shard_io import OpenedFiles, RunContext, keep_unchanged, rewrite
+from ..shard_io import FoundClean, OpenedFiles, RunContext, rewrite
 from ..store import Refused
 from . import Counts, Filter, ShardFiles, ShardTools, pipeline_for
 from .npy_stream import stream_rows
@@ -168,8 +168,9 @@ async def gather(steps: list[Callable[[], Awaitable[T]]]) -> list[T]:
 
 async def process_set(
     shard: Shard, ctx: RunContext, info: ObjectInfo, report: ShardReport, opened: OpenedFiles
-) -> ObjectInfo:
-    """Filter one embedding set; returns the metadata output (what the receipt records)."""
+) -> ObjectInfo | FoundClean:
+    """Filter one embedding set; returns the metadata output (what the receipt records), or, for a set
+    without a match, what to copy."""
     assert shard.output is not None
     label = redact_uri(shard.input)
     files = ShardFiles(opened.open(info), None, label, _no_sibling)
@@ -192,7 +193,7 @@ async def process_set(
         ctx.on_scanned(kept == len(keep))
     outputs = [(v.info, member(shard.output, v.kind)) for v in vectors]
     if kept == len(keep) and ctx.spec.scan:
-        return await keep_unchanged(shard, ctx, [(info, shard.output), *outputs], report)
+        return FoundClean([(info, shard.output), *outputs])
     results = await gather(
         [
             lambda v=v, dst=dst: write_vectors(ctx, v, keep, dst, report)

@@ -36,7 +36,7 @@ from ..formats.webdataset import BLOCK, RECORD, TarReader
 from ..keys import KeySpec, as_bytes, require_columns
 from ..progress import Progress
 from ..sets import ExactKeySet
-from ..shard_io import OpenedFiles, RunContext, keep_unchanged, rewrite
+from ..shard_io import FoundClean, OpenedFiles, RunContext, rewrite
 from ..store import Refused
 from ..store.uris import sibling
 from . import Counts, Filter, ShardFiles, ShardTools, pipeline_for
@@ -181,8 +181,9 @@ def tar_tail(length: int) -> bytes:
 
 async def process_set(
     shard: Shard, ctx: RunContext, info: ObjectInfo, report: ShardReport, opened: OpenedFiles
-) -> ObjectInfo:
-    """Filter one shard set; returns the output tar (what the receipt records)."""
+) -> ObjectInfo | FoundClean:
+    """Filter one shard set; returns the output tar (what the receipt records), or, for a set without a
+    match, what to copy."""
     assert shard.output is not None
     label = redact_uri(shard.input)
     stores, tools = ctx.stores, ctx.tools
@@ -202,7 +203,7 @@ async def process_set(
     if ctx.on_scanned is not None:
         ctx.on_scanned(decision.removed_rows == 0)
     if decision.removed_rows == 0 and ctx.spec.scan:
-        return await keep_unchanged(shard, ctx, [(info, shard.output), *siblings], report)
+        return FoundClean([(info, shard.output), *siblings])
     async with ctx.cpu_slots:
         return await _rewrite_set(shard, ctx, info, report, opened, decision, siblings)
 
