@@ -357,13 +357,21 @@ class CountingProxy:
     waits while an engine runs, so the harness's CPU time during a run is the proxy's. Bounded: at
     most MAX_CONNECTIONS connections at once (a further one waits to be accepted), one CHUNK buffer
     per direction each.
+
+    With ``latency`` (seconds) each request waits that long before it is passed on: a request is a
+    burst from the engine after a pause, so a streamed body is delayed once, not a chunk at a time.
+    It stands in for a real endpoint's round trip, which loopback lacks.
     """
 
     CHUNK = 256 * 1024  # large enough that a 3 MiB GET costs a dozen recv/send pairs, not hundreds
     MAX_CONNECTIONS = 256
 
-    def __init__(self, upstream_port: int) -> None:
+    #: Seconds without bytes from the engine after which its next bytes start a new request.
+    REQUEST_GAP = 0.001
+
+    def __init__(self, upstream_port: int, latency: float = 0.0) -> None:
         self.upstream = ("127.0.0.1", upstream_port)
+        self.latency = latency
         self.listener = socket.create_server(("127.0.0.1", 0), backlog=128)
         # accept() is not woken by close() from another thread on Linux: poll, so stop() is prompt.
         self.listener.settimeout(0.2)
@@ -436,10 +444,17 @@ class CountingProxy:
     def _pump(self, src: socket.socket, dst: socket.socket, direction: str) -> None:
         buf = bytearray(self.CHUNK)
         view = memoryview(buf)
+        delay = self.latency if direction == "written" else 0.0
+        last = 0.0
         try:
             while n := src.recv_into(buf):
                 with self.lock:
                     self.counts[direction] += n
+                if delay:
+                    now = time.monotonic()
+                    if now - last > self.REQUEST_GAP:
+                        time.sleep(delay)
+                    last = time.monotonic()
                 dst.sendall(view[:n])
         except OSError:
             # A reset on one side: end both directions, or the other pump would wait forever.

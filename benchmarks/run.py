@@ -668,8 +668,9 @@ class Bench:
                     flush=True,
                 )
             if not self.args.no_proxy:
-                proxy = CountingProxy(server.port)
-                print(f"  engines go through the counting proxy at {proxy.endpoint}", flush=True)
+                proxy = CountingProxy(server.port, latency=self.args.latency_ms / 1000)
+                delay = f", which holds each request {self.args.latency_ms:g} ms" if self.args.latency_ms else ""
+                print(f"  engines go through the counting proxy at {proxy.endpoint}{delay}", flush=True)
             for case, ds, engines in plan:
                 print(f"\n== {where}, {case}: {len(engines)} engines x {self.args.runs} runs", flush=True)
                 self.series(engines, where, ds, case, server, proxy)
@@ -1023,6 +1024,12 @@ def render(report: dict[str, Any]) -> str:
             if p["no_proxy"]
             else "every engine through a byte-counting proxy in front of the server; read/written MiB are what "
             "crossed it (server to engine, engine to server), medians"
+            + (
+                f"; the proxy holds each request {p['latency_ms']:g} ms before passing it on (a real endpoint's "
+                "round trip; loopback has none)"
+                if p.get("latency_ms")
+                else ""
+            )
         ),
         *(f"- endpoint s3/{name}: {what}" for name, what in report.get("endpoints", {}).items()),
         "- local read MiB: streamfilter's own report (`bytes_read`, marked r); the others are not counted",
@@ -1173,6 +1180,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--big-factor", type=int, default=4, help="shard size multiplier of the memory check (0: skip)")
     ap.add_argument("--no-proxy", action="store_true", help="engines talk to the server directly (no byte counts)")
     ap.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="the counting proxy holds each S3 request this long, as a real endpoint's round trip would",
+    )
+    ap.add_argument(
         "--endpoints",
         default="s3rver,moto",
         help="comma-separated S3 endpoints to run the S3 cases on, each in turn: " + ", ".join(ENDPOINTS),
@@ -1186,6 +1199,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--results", default="latest", help="results/NAME.md and .json (default latest)")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds before a run is killed")
     args = ap.parse_args(argv)
+    if args.latency_ms and args.no_proxy:
+        ap.error("--latency-ms needs the proxy: leave out --no-proxy")
     unknown = set(args.cases.split(",")) - set(CASES)
     if unknown:
         ap.error(f"--cases: unknown {', '.join(sorted(unknown))}")
