@@ -360,7 +360,7 @@ class Bench:
             AWS_REGION=S3_REGION,
             AWS_EC2_METADATA_DISABLED="true",
         )
-        self.proxy = CountingProxy(self.server.port)
+        self.proxy = CountingProxy(self.server.port, latency=args.latency_ms / 1000)
 
     def close(self) -> None:
         self.proxy.stop()
@@ -695,6 +695,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--streamfilter-args", default="", help="extra streamfilter flags, e.g. '--concurrency 4'")
     ap.add_argument("--timeout", type=float, default=900, help="a run is killed after this many seconds")
     ap.add_argument("--endpoint", default="s3rver", help="the S3 endpoint: " + ", ".join(ENDPOINTS))
+    ap.add_argument(
+        "--latency-ms", type=float, default=0.0, help="the proxy holds each request this long (a real round trip)"
+    )
     ap.add_argument("--child-anchor", metavar="JOB", help=argparse.SUPPRESS)
     ap.add_argument("--child-copy-floor", metavar="JOB", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
@@ -738,6 +741,7 @@ def main(argv: list[str] | None = None) -> int:
             "sets": args.sets,
             "runs": args.runs,
             "endpoint": args.endpoint,
+            "latency_ms": args.latency_ms,
             "warmup": args.warmup,
             "streamfilter_args": args.streamfilter_args,
             "samples": SAMPLES,
@@ -757,7 +761,13 @@ def main(argv: list[str] | None = None) -> int:
         "notes": [
             *bench.notes,
             f"Bytes are counted at a TCP proxy in front of {args.endpoint} (HTTP framing included); server-side copies"
-            " (CopyObject, UploadPartCopy) move no object bytes through it. 'moved' = read + written.",
+            " (CopyObject, UploadPartCopy) move no object bytes through it. 'moved' = read + written."
+            + (
+                f" The proxy holds each request {args.latency_ms:g} ms before passing it on (a real endpoint's round"
+                " trip; loopback has none)."
+                if args.latency_ms
+                else ""
+            ),
             "Peak RSS is ru_maxrss of the engine process (a small wrapper spawns it and waits for it).",
             "The server and the proxy share the 2 cores with the engine; their CPU seconds are given per run.",
             f"Total benchmark time {time.perf_counter() - started:.0f} s (generation, upload and checks included).",
