@@ -217,6 +217,55 @@ class ParquetShard:
                     prefetch(ahead if i == 0 else ahead[1:])
             yield i
 
+    def fetched_runs(self, apart: int | None = None) -> Iterator[list[int]]:
+        """Every row group in order, as :meth:`fetched` (whole row groups) requests them, in runs to decode
+        in one call: consecutive small row groups of one fetch block that together declare at most
+        :data:`DECODE_TOGETHER_BYTES`, and every other row group (and ``apart``) alone.
+
+        A shard of many small row groups then costs a few decoding calls and key lookups rather than one
+        of each a row group (measured, 50 row groups of 4,000 rows a shard: ...). A run stays within a
+        fetch block, so no more than two blocks are held (see :meth:`fetched`).
+        """
+        if self.int96 or len(set(self.schema.names)) < len(self.schema.names):
+            yield from ([i] for i in self.fetched())  # decoded a row group at a time (see whole, kept_rows)
+            return
+        block_end = [last for first, last in self._blocks() for _ in range(first, last)]
+        sizes = [row_group_bytes(self.metadata, i) for i in range(self.num_row_groups)]
+        run: list[int] = []
+        size = 0
+        for i in self.fetched():
+            run.append(i)
+            size += sizes[i]
+            j = i + 1
+            if (
+                j < block_end[i]
+                and j != apart
+                and i != apart
+                and size + sizes[j] <= DECODE_TOGETHER_BYTES
+                and sizes[i] <= DECODE_TOGETHER_BYTES
+            ):
+                continue  # the next row group joins this run
+            yield run
+            run, size = [], 0
+
+    def read_run(self, run: list[int], use_threads: bool = False) -> pa.Table:
+        """Every column of consecutive row groups ``run`` (from :meth:`fetched_runs`) as one table."""
+        if len(run) == 1:
+            return self.whole(run[0], use_threads)
+        try:
+            table = self._pf.read_row_groups(run, use_threads=use_threads)
+        except (pa.ArrowException, OSError) as exc:
+            raise ShardError(
+                f"{self.name}: row groups {run[0]}-{run[-1]} cannot be decoded ({exc}); the file is corrupt"
+            ) from None
+        declared = sum(self.metadata.row_group(i).num_rows for i in run)
+        if table.num_rows != declared:
+            raise ShardError(
+                f"{self.name}: row groups {run[0]}-{run[-1]} decode to {table.num_rows:,} rows where the footer "
+                f"declares {declared:,}; the file is corrupt"
+            )
+        return table
+
     def _blocks(self) -> list[tuple[int, int]]:
         """Consecutive row groups [first, last) whose bytes together span at most FETCH_BLOCK_BYTES (a larger
         row group alone), each starting at most FETCH_GAP_BYTES past the one before: one request each."""

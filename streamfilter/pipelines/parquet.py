@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pyarrow as pa
+
 from ..formats.parquet import ParquetShard, row_group_span
 from ..formats.parquet_writer import ParquetOutput
 from ..keys import require_columns
@@ -27,8 +29,24 @@ def filter_shard(files: ShardFiles, tools: ShardTools) -> Counts:
     columns = keys if output is None else None
     scanned = files.state.pop(_SCANNED, None)
     counts = Counts()
-    for i in shard.fetched(columns):
+    if output is None:
+        runs = ([i] for i in shard.fetched(columns))
+    else:
+        runs = shard.fetched_runs(apart=scanned[0] if scanned is not None else None)
+    for run in runs:
         tools.check_cancelled(name)
+        i = run[0]
+        if len(run) > 1:
+            # Consecutive small row groups decoded and matched in one call each, then written one for one.
+            table = shard.read_run(run, tools.decode_threads)
+            keep = rule.keep_mask(table, name)
+            start = 0
+            for i in run:
+                rows = shard.metadata.row_group(i).num_rows
+                _write(shard, output, counts, tools, i, table.slice(start, rows), keep.slice(start, rows), True)
+                start += rows
+            del table, keep
+            continue
         whole = output is not None and shard.small(i)
         if scanned is not None and scanned[0] == i:
             # The scan's hit, decoded and matched already: not again.
@@ -39,20 +57,35 @@ def filter_shard(files: ShardFiles, tools: ShardTools) -> Counts:
             # (see kept_rows).
             table = shard.whole(i, tools.decode_threads) if whole else shard.read(i, keys, tools.decode_threads)
             keep = rule.keep_mask(table, name)
-        rows, kept = table.num_rows, keep.true_count
-        counts.rows_in += rows
-        counts.rows_out += kept
-        if output is not None:
-            if whole:
-                output.write(table if kept == rows else table.filter(keep))
-            else:
-                output.write(shard.kept_rows(i, keep if kept < rows else None, table, tools.decode_threads))
-        start, end = row_group_span(shard.metadata, i, columns)
-        tools.progress.add(rows, end - start)  # stored (compressed) bytes, as read
+        _write(shard, output, counts, tools, i, table, keep, whole, columns)
         del table, keep  # free this row group before the next one is decoded: one, not two, in memory
     if output is not None:
         output.close()
     return counts
+
+
+def _write(
+    shard: ParquetShard,
+    output: ParquetOutput | None,
+    counts: Counts,
+    tools: ShardTools,
+    i: int,
+    table: pa.Table,
+    keep: pa.Array,
+    whole: bool,
+    columns: list[str] | None = None,
+) -> None:
+    """Count row group ``i`` (``table``: all its columns if ``whole``, else its keys) and write its kept rows."""
+    rows, kept = table.num_rows, keep.true_count
+    counts.rows_in += rows
+    counts.rows_out += kept
+    if output is not None:
+        if whole:
+            output.write(table if kept == rows else table.filter(keep))
+        else:
+            output.write(shard.kept_rows(i, keep if kept < rows else None, table, tools.decode_threads))
+    start, end = row_group_span(shard.metadata, i, columns)
+    tools.progress.add(rows, end - start)  # stored (compressed) bytes, as read
 
 
 #: Where scan_shard leaves the row group it stopped at (index, decoded keys, keep mask) for the rewrite.
