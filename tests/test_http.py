@@ -257,3 +257,37 @@ def test_malformed_http_header_is_a_usage_error(tmp_path: Path, capsys) -> None:
     )
     assert code == 2
     assert "expected 'Name: value'" in capsys.readouterr().err
+
+
+def test_byte_copies_at_once_are_bounded(http_server, tmp_path: Path) -> None:
+    """Copies whose bytes pass through the process (here HTTP to local files) each hold a part read and the
+    upload's parts: however many clean shards wait on their copies at once, only BYTE_COPIES stream."""
+    import anyio
+    from fault_proxy import FaultProxy
+    from helpers import serve
+
+    from streamfilter.store import BYTE_COPIES, Stores
+
+    root, base = http_server.dir("byte-copies")
+    blobs = {f"{i:02d}.bin": bytes([i]) * (3 * 1024 * 1024 + 17) for i in range(12)}  # 4 parts of 1 MiB each
+    for name, data in blobs.items():
+        (root / name).write_bytes(data)
+    proxy = FaultProxy(http_server.url)
+    proxy.hold["GetObject"] = 0.2
+
+    async def copy_all(url: str) -> None:
+        stores = Stores()
+        try:
+            async with anyio.create_task_group() as tg:
+                for name in blobs:
+                    src = base.replace(http_server.url, url) + name
+                    info = await stores.for_uri(src).stat(src)
+                    tg.start_soon(stores.copy, info, str(tmp_path / "out" / name))
+        finally:
+            await stores.aclose()
+
+    with serve(proxy.app()) as proxy.url:
+        anyio.run(copy_all, proxy.url)
+    for name, data in blobs.items():
+        assert (tmp_path / "out" / name).read_bytes() == data
+    assert 2 <= proxy.peak["GetObject"] <= BYTE_COPIES, proxy.peak

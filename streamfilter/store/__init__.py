@@ -8,6 +8,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import anyio
+
 from ..errors import ShardError, UsageError, redact_uri
 from .base import ObjectInfo, Refused, RetryPolicy, Store, Upload, stream_copy
 from .bridge import PartSink, RangeFile
@@ -62,6 +64,12 @@ def expand_header(header: str) -> tuple[str, str]:
     return name.strip(), os.path.expandvars(value.strip())
 
 
+#: Copies whose bytes pass through this process at once, over all of a run's stores: clean shards wait on
+#: their copies outside the decode slots (engine.STORE_WAITS), and a byte copy to S3 holds about three
+#: 8 MiB parts, so 32 of them would hold 768 MiB.
+BYTE_COPIES = 4
+
+
 class Stores:
     """One store per scheme for the length of a run; close with :meth:`aclose`."""
 
@@ -69,11 +77,15 @@ class Stores:
         self._options = options or StoreOptions()
         self._retry = dataclasses.replace(self._options.retry, on_retry=on_retry)
         self._stores: dict[str, Store] = {}
+        self._byte_copies: anyio.CapacityLimiter | None = None
 
     def for_uri(self, uri: str) -> Store:
         scheme = {"https": "http"}.get(scheme_of(uri), scheme_of(uri))
         if scheme not in self._stores:
-            self._stores[scheme] = self._make(scheme, uri)
+            store = self._stores[scheme] = self._make(scheme, uri)
+            if self._byte_copies is None:
+                self._byte_copies = anyio.CapacityLimiter(BYTE_COPIES)
+            store.byte_copies = self._byte_copies
         return self._stores[scheme]
 
     def _make(self, scheme: str, uri: str) -> Store:

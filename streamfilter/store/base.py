@@ -7,6 +7,7 @@ serves a URI and use the same five operations everywhere (fsspec's lesson).
 from __future__ import annotations
 
 import abc
+import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -79,6 +80,9 @@ class Store(abc.ABC):
 
     #: True when :meth:`copy` within this store moves no bytes through this process.
     server_side_copy: bool = False
+    #: Bounds the copies whose bytes pass through this process (each holds a part read and its upload's
+    #: parts in flight); ``Stores`` gives all of a run's stores one. None: unbounded.
+    byte_copies: anyio.CapacityLimiter | None = None
 
     #: True when :meth:`assemble` copies byte ranges of its objects server-side (S3's UploadPartCopy).
     ranged_copy: bool = False
@@ -230,7 +234,7 @@ def check_length(uri: str, data: bytes, expected: int) -> bytes:
 
 async def stream_copy(source: Store, src: ObjectInfo, target: Store, dst: str) -> ObjectInfo:
     """Copy bytes as they are, part by part (no decoding), between any two stores; atomic at the target."""
-    async with target.open_write(dst) as upload:
+    async with target.byte_copies or contextlib.nullcontext(), target.open_write(dst) as upload:
         pos = 0
         while src.size - pos > target.part_size:
             await upload.write_part(await source.read_range(src.uri, pos, pos + target.part_size))
