@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -120,7 +121,7 @@ def main() -> int:
         "requests only (aiobotocore)": [sys.executable, "-c", FLOOR, proxy.endpoint, str(floor_job)],
         "streamfilter": [sys.executable, "-m", "streamfilter.cli", "run", f"s3://{BUCKET}/in/*.parquet", "--output",
                          f"s3://{BUCKET}/out-sf/", "--blocklist", str(root / "blocklist.txt"), "--key", KEY_COLUMN,
-                         "--s3-endpoint-url", proxy.endpoint, "--quiet"],
+                         "--s3-endpoint-url", proxy.endpoint],
         "polars": [sys.executable, str(HERE / "run.py"), "--child", "polars", str(polars_job)],
     }  # fmt: skip
     walls: dict[str, list[float]] = {name: [] for name in commands}
@@ -133,13 +134,14 @@ def main() -> int:
                 loads.append(os.getloadavg()[0])
                 result = measure(cmd, env, scratch / f"{name.split()[0]}-{run}", timeout=900, cwd=HERE.parent)
                 if result.get("returncode") != 0:
-                    print(f"{name} run {run} failed; see {scratch}", file=sys.stderr)
+                    print(f"{name} run {run} failed: {' '.join(result['stderr_tail'])}", file=sys.stderr)
                     return 1
                 walls[name].append(result["wall_s"])
                 print(f"{name:30s} run {run}: {result['wall_s']:.2f} s, CPU {result.get('cpu_s', 0):.2f} s", flush=True)
     finally:
         proxy.stop()
         server.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
     floor, sf, polars = (statistics.median(walls[n]) for n in commands)
     delay = f", {args.latency_ms:g} ms a request" if args.latency_ms else ""
     print(f"\n{args.endpoint}{delay}; load {min(loads):.1f}-{max(loads):.1f}; medians of {args.runs}, "
