@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import (
     assert_same_table,
+    corrupt_row_group,
     read_parquet,
     reference_filter,
     reference_row_group_counts,
@@ -86,3 +87,16 @@ def test_a_run_whose_rows_disagree_with_the_footer_fails_the_shard(tmp_path: Pat
         with pytest.raises(streamfilter.ShardError, match="row groups 0-2 decode to 299 rows"):
             shard.read_run([0, 1, 2])
     assert pa.types.is_string(shard.schema.field("url").type)
+
+
+def test_a_corrupt_row_group_in_a_run_is_named(tmp_path: Path) -> None:
+    src = write_shard(tmp_path / "d.parquet", shard_table(1000, seed=10), row_group_size=100)
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(corrupt_row_group(src.read_bytes(), 6))
+    with bad.open("rb") as f:
+        shard = pqfmt.ParquetShard(f, "bad")
+        runs = list(shard.fetched_runs())
+        assert any(6 in run and len(run) > 1 for run in runs)
+        with pytest.raises(streamfilter.ShardError, match="bad: row group 6 cannot be decoded"):
+            for run in runs:
+                shard.read_run(run)

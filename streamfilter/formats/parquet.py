@@ -255,6 +255,8 @@ class ParquetShard:
         try:
             table = self._pf.read_row_groups(run, use_threads=use_threads)
         except (pa.ArrowException, OSError) as exc:
+            for i in run:  # the message names the row group that fails (as a row group at a time would)
+                self.read(i)
             raise ShardError(
                 f"{self.name}: row groups {run[0]}-{run[-1]} cannot be decoded ({exc}); the file is corrupt"
             ) from None
