@@ -104,7 +104,12 @@ def _parser() -> argparse.ArgumentParser:
         help="with --image-hash: a sample whose image does not decode is kept (default) or removed; both are counted",
     )
     run.add_argument("--report", metavar="FILE", help="write the JSON report here (local or s3://)")
-    run.add_argument("--concurrency", type=int, metavar="N", help=f"shards in flight (default: {DEFAULT_CONCURRENCY})")
+    run.add_argument(
+        "--concurrency",
+        type=int,
+        metavar="N",
+        help=f"shards decoding at once (default: {DEFAULT_CONCURRENCY}); 16 x N may wait on the store at once",
+    )
     run.add_argument(
         "--no-scan",
         dest="scan",
