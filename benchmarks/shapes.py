@@ -34,6 +34,7 @@ import shutil
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import run as R  # a sibling module: the engines, checks and summaries of the main benchmark
@@ -81,10 +82,10 @@ def shape_dataset(shape: dict[str, Any], total_rows: int) -> dict[str, Any]:
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
         if meta.get("params") == params:
-            print(f"reusing {root.relative_to(R.REPO)}", flush=True)
+            print(f"reusing {_shown(root)}", flush=True)
             return {"root": root, **meta}
     shutil.rmtree(root, ignore_errors=True)
-    print(f"generating {root.relative_to(R.REPO)} ...", flush=True)
+    print(f"generating {_shown(root)} ...", flush=True)
     started = time.perf_counter()
     rng = np.random.default_rng(1)
     paths, hits = [], []
@@ -118,6 +119,10 @@ def shape_dataset(shape: dict[str, Any], total_rows: int) -> dict[str, Any]:
     meta_path.write_text(json.dumps(meta, indent=1))
     print(f"  done in {time.perf_counter() - started:.1f} s, {meta['bytes'] / MIB:.0f} MiB", flush=True)
     return {"root": root, **meta}
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(R.REPO)) if path.is_relative_to(R.REPO) else str(path)
 
 
 def judge(table: list[dict[str, Any]], shape_of: dict[str, str]) -> dict[str, Any]:
@@ -291,7 +296,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shapes", help="comma-separated subset of the shapes' labels (as in the table)")
     ap.add_argument("--results", default="shapes")
     ap.add_argument("--rerender", action="store_true", help="only write results/NAME.md again from its .json")
+    ap.add_argument(
+        "--data",
+        help="folder for the generated shards, logs, outputs and the S3 server's store (default benchmarks/data); "
+        "a second benchmark run in the same folder at the same time clears this run's logs and S3 store",
+    )
     args = ap.parse_args(argv)
+    if args.data:
+        R.DATA = Path(args.data).resolve()  # read by run.py's Bench and s3_phase when they run
     if args.rerender:
         report = json.loads((R.RESULTS / f"{args.results}.json").read_text())
         report.setdefault("shape_of", {e["case"]: e["varies"] for e in report["judged"]["rows"]})
