@@ -78,9 +78,9 @@ SHM = Path("/dev/shm")
 
 @pytest.mark.parametrize("where", ["same-file-system", "tmpfs-to-disk"])
 def test_local_kept_ranges_are_copied_by_the_kernel_or_through_a_buffer(tmp_path: Path, where: str) -> None:
-    """Within one file system the kernel copies long kept ranges (copy_file_range: their rows are not read
-    into the process) and short ones are gathered through a buffer; from tmpfs to disk the kernel refuses
-    (EXDEV) and every range goes through the buffer. The outputs are the same."""
+    """Within one file system the kernel copies every kept range (copy_file_range: their rows are not read
+    into the process); from tmpfs to disk the kernel refuses (EXDEV) and every range goes through a
+    buffer, short ones gathered into one write. The outputs are the same."""
     out = tmp_path / "out"
     if where == "same-file-system":
         root = tmp_path / "in"
