@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -49,7 +50,21 @@ def test_the_helpers_import_no_pandas() -> None:
     assert out.stdout.strip() == "False"
 
 
-def test_a_run_over_a_plain_list_imports_no_pandas(tmp_path) -> None:
+def imports_pandas(inputs: str, out: Path, blocklist: Path, removed: int, **options: str) -> bool:
+    """Whether a ``streamfilter.run`` in a fresh interpreter imported pandas; it must remove ``removed`` rows."""
+    extra = "".join(f", {k}={v!r}" for k, v in options.items())
+    code = (
+        "import sys, streamfilter\n"
+        f"r = streamfilter.run([{inputs!r}], output={str(out)!r}, blocklist=[{str(blocklist)!r}], quiet=True{extra})\n"
+        f"assert r.ok and r.totals['rows_removed'] == {removed}, r.totals\n"
+        "print('pandas' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip().splitlines()[-1] == "True"
+
+
+def test_a_run_over_a_plain_list_imports_no_pandas(tmp_path: Path) -> None:
     """pyarrow imports pandas (0.2 s) at the first conversion of a Python value; a dense Parquet run over an
     exact list of URLs (a scan, then rewrites) makes none."""
     import pyarrow.parquet as pq
@@ -59,19 +74,10 @@ def test_a_run_over_a_plain_list_imports_no_pandas(tmp_path) -> None:
         pq.write_table(shard_table(3000, start=3000 * i, seed=i), tmp_path / f"{i}.parquet", row_group_size=1000)
     urls = pq.read_table(tmp_path / "0.parquet", columns=["url"])["url"].to_pylist()[::50]
     (tmp_path / "list.txt").write_text("\n".join(urls) + "\n# a comment\n\n")
-    code = (
-        "import sys, streamfilter\n"
-        f"r = streamfilter.run([{str(tmp_path / '*.parquet')!r}], output={str(tmp_path / 'out')!r}, "
-        f"blocklist=[{str(tmp_path / 'list.txt')!r}], quiet=True)\n"
-        "assert r.ok and r.totals['rows_removed'] == 60, r.totals\n"
-        "print('pandas' in sys.modules)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "False"
+    assert not imports_pandas(str(tmp_path / "*.parquet"), tmp_path / "out", tmp_path / "list.txt", 60)
 
 
-def test_an_embedding_set_run_imports_no_pandas(tmp_path) -> None:
+def test_an_embedding_set_run_imports_no_pandas(tmp_path: Path) -> None:
     """The metadata's keep mask goes to numpy and back to Arrow for its rewrite without the conversions
     that import pandas (0.2 s of a local run's start-up, measured)."""
     from emb_helpers import listed_of, make_set_files, write_files
@@ -80,13 +86,4 @@ def test_an_embedding_set_run_imports_no_pandas(tmp_path) -> None:
     for files in sets:
         write_files(tmp_path / "in", files)
     (tmp_path / "list.txt").write_text("\n".join(sorted(listed_of(sets, {0: [1, 5], 1: [7]}))) + "\n")
-    code = (
-        "import sys, streamfilter\n"
-        f"r = streamfilter.run([{str(tmp_path / 'in')!r}], output={str(tmp_path / 'out')!r}, format='embeddings', "
-        f"blocklist=[{str(tmp_path / 'list.txt')!r}], quiet=True)\n"
-        "assert r.ok and r.totals['rows_removed'] == 3, r.totals\n"
-        "print('pandas' in sys.modules)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "False"
+    assert not imports_pandas(str(tmp_path / "in"), tmp_path / "out", tmp_path / "list.txt", 3, format="embeddings")
