@@ -7,9 +7,10 @@ Two lookups, both exact:
   but it is paid per call and grows with the set (40,000 URLs: 2.4 ms against 40,000 keys, 4.4 ms
   against 80,000, 7.1 ms against 131,000);
 * sets of more than :data:`HASHED_FROM` keys also keep their keys sorted by a 64-bit hash, and
-  those hashes spread over a table (:class:`_SlotTable`), built once, and a bit per key over a
-  cheaper hash of three words of each key (:class:`_Prefilter`). A batch's keys are first checked
-  against the bits (about 30 ns a URL), which rule out most non-members; the rest are hashed whole
+  those hashes spread over a table (:class:`_SlotTable`), built once, and, once the set has looked
+  up twice its size in keys, a bit per key over a cheaper hash of three words of each key
+  (:class:`_Prefilter`). A batch's keys are first checked against the bits (about 30 ns a URL),
+  which rule out most non-members; the rest (every key, before the bits are built) are hashed whole
   with vectorized numpy (about 60-80 ns a URL), looked up in the sorted hashes (by binary search,
   or through the table when many got through), and every candidate is confirmed by comparing the
   keys themselves, so a hash collision can cost time but never a wrong answer. Sets past
