@@ -272,7 +272,7 @@ def test_clean_shards_wait_for_their_copies_outside_the_decode_slots(
     originals = {k: s3_get(s3_client, bucket, k) for k in s3_keys(s3_client, bucket, "in/")}
     blocklist = write_list(tmp_path / "list.txt", ["https://not-in-any-shard.example/x.jpg"])
     proxy = FaultProxy(s3_endpoint)
-    proxy.hold["CopyObject"] = 1.0
+    proxy.hold["CopyObject"] = 2.0  # long enough that several shards are scanned while one copy waits
     with serve(proxy.app()) as proxy.url:
         report = streamfilter.run(
             inputs,
