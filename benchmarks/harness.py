@@ -256,6 +256,7 @@ class S3rverServer(S3Server):
         modules = npm_modules()
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(parents=True)
+        self.directory = directory
         self.bucket = bucket
         self.log_path = log
         self.request_log = Path(f"{log}.requests.jsonl")
@@ -273,6 +274,12 @@ class S3rverServer(S3Server):
         self.port = int(port)
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self._client()
+
+    def stop(self) -> None:
+        super().stop()
+        import shutil
+
+        shutil.rmtree(self.directory, ignore_errors=True)
 
     def log_offset(self) -> int:
         try:
@@ -299,7 +306,8 @@ def start_server(name: str, log: Path, bucket: str, scratch: Path) -> S3Server:
     elif name == "moto-waitress":
         server = MotoServer(log, bucket, wsgi="waitress")
     elif name == "s3rver":
-        server = S3rverServer(log, bucket, scratch / "s3rver-store")
+        # A folder of this process's own: two benchmarks at once must not empty each other's store.
+        server = S3rverServer(log, bucket, scratch / f"s3rver-store-{os.getpid()}")
     else:
         raise ValueError(f"unknown endpoint {name!r}; one of {', '.join(ENDPOINTS)}")
     try:
