@@ -594,3 +594,39 @@ def test_columns_decoded_one_at_a_time_keep_order_and_values(
     expected = expected.filter(pc.invert(pc.is_in(expected.column(3), pa.array(listed))))
     assert_same_table(pq.ParquetFile(out).read(), expected)
     assert row_group_rows(out) == [300 - len(urls[:300:11]), 300, 300 - len(urls[600::13])]
+
+
+def test_partials_left_by_a_killed_run_are_removed_and_each_folder_listed_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A killed run leaves ``.NAME.TOKEN.partial`` beside its outputs; a rerun removes those of the outputs
+    it writes, and only those (another worker may be writing other outputs there), and lists each output
+    folder once, not once an output (that was n^2 entries read for n outputs in one folder)."""
+    import os
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    tables = {f"{i:02d}.parquet": shard_table(200, start=200 * i, seed=i) for i in range(12)}
+    for name, table in tables.items():
+        write_shard(src / name, table)
+    out.mkdir()
+    ours = [out / f".{name}.{i:012x}.partial" for i, name in enumerate(tables)]
+    others = [out / ".99.parquet.0123456789ab.partial", out / ".notes.txt"]
+    for path in ours + others:
+        path.write_bytes(b"half-written")
+    listed: list[str] = []
+    scandir = os.scandir
+
+    def counting_scandir(path: str | os.PathLike = ".") -> object:
+        listed.append(os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", counting_scandir)
+    listed_urls = [tables["03.parquet"]["url"][5].as_py()]
+    report = streamfilter.run(
+        str(src / "*.parquet"), output=str(out), blocklist=[str(write_list(tmp_path / "l.txt", listed_urls))],
+        quiet=True,
+    )  # fmt: skip
+    assert report.ok, [s.error for s in report.shards if s.error]
+    assert not [p for p in ours if p.exists()]
+    assert all(p.exists() for p in others)
+    assert listed.count(str(out)) == 1, listed
