@@ -35,7 +35,16 @@ from .executors import NOT_STARTED, Limits, run_units
 from .formats import detect_format
 from .formats.embedding_set import KINDS, is_metadata, member
 from .ledger import ReceiptBook, Report, ShardReport, worker_report_uri
-from .pipelines import Counts, Filter, ShardFiles, ShardTools, pipeline_for, scanner_for, set_processor_for
+from .pipelines import (
+    Counts,
+    Filter,
+    ShardFiles,
+    ShardTools,
+    pipeline_for,
+    prefetcher_for,
+    scanner_for,
+    set_processor_for,
+)
 from .plan import Shard, check_first_input, plan_shards, source_error, worker_share
 from .progress import Progress
 from .sets import KeySet, build_key_set
@@ -64,13 +73,39 @@ def _take_counts(report: ShardReport, counts: Counts) -> None:
     report.images = counts.images
 
 
+def open_files(shard: Shard, info: ObjectInfo, opened: OpenedFiles) -> ShardFiles:
+    return ShardFiles(opened.open(info), None, redact_uri(shard.input), opened.sibling_opener(shard.input))
+
+
+async def prefetch_scan(
+    shard: Shard, ctx: RunContext, info: ObjectInfo, opened: OpenedFiles, fmt: str, held: contextlib.AsyncExitStack
+) -> ShardFiles | None:
+    """Before the decode slot, on a run whose scans find clean shards: the round trips a scan starts with
+    (its footer) made, and the bytes it reads first requested; the files, for the scan to go on with.
+    A prefetch slot is entered on ``held``, to be left when the shard's decoding part is over."""
+    prefetch = prefetcher_for(fmt)
+    if shard.output is None or not ctx.spec.scan or prefetch is None or not ctx.scan_likely():
+        return None
+    await held.enter_async_context(ctx.prefetch_slots)
+    files = open_files(shard, info, opened)
+    await anyio.to_thread.run_sync(prefetch, files, ctx.tools)
+    return files
+
+
 async def filter_one(
-    shard: Shard, ctx: RunContext, info: ObjectInfo, report: ShardReport, opened: OpenedFiles, fmt: str
+    shard: Shard,
+    ctx: RunContext,
+    info: ObjectInfo,
+    report: ShardReport,
+    opened: OpenedFiles,
+    fmt: str,
+    files: ShardFiles | None = None,
 ) -> ObjectInfo | FoundClean | None:
     """One object in, one out, the part that holds decoded data: count it (a dry run; returns None), scan
-    it (a clean shard: what to copy) or rewrite it (returns the output)."""
+    it (a clean shard: what to copy) or rewrite it (returns the output). ``files``: opened already by
+    :func:`prefetch_scan`."""
     pipeline = pipeline_for(fmt)
-    files = ShardFiles(opened.open(info), None, redact_uri(shard.input), opened.sibling_opener(shard.input))
+    files = files or open_files(shard, info, opened)
     if shard.output is None:
         async with ctx.cpu_slots:
             _take_counts(report, await anyio.to_thread.run_sync(pipeline, files, ctx.tools))
@@ -98,13 +133,15 @@ async def run_fresh(
     """A shard no receipt covers: its decoding part in a decode slot, then (a clean shard's copy and) its
     receipt outside it. False if the run stopped while the shard waited for its slot."""
     process_set = set_processor_for(fmt) if shard.output is not None else None
-    async with ctx.decode_slots:
-        if ctx.stopping():
-            return False
-        if process_set is not None:  # a set of objects as one unit (a dry run counts its deciding object)
-            done: ObjectInfo | FoundClean | None = await process_set(shard, ctx, info, report, opened)
-        else:
-            done = await filter_one(shard, ctx, info, report, opened, fmt)
+    async with contextlib.AsyncExitStack() as held:
+        files = None if process_set is not None else await prefetch_scan(shard, ctx, info, opened, fmt, held)
+        async with ctx.decode_slots:
+            if ctx.stopping():
+                return False
+            if process_set is not None:  # a set of objects as one unit (a dry run counts its deciding object)
+                done: ObjectInfo | FoundClean | None = await process_set(shard, ctx, info, report, opened)
+            else:
+                done = await filter_one(shard, ctx, info, report, opened, fmt, files)
     if done is None:  # a dry run
         return True
     if isinstance(done, FoundClean):  # copied (or, in place, left) with the scan's buffers given back
@@ -271,6 +308,7 @@ class ShardSession:
         self._scanned = [0, 0]  # shards scanned, of which clean
         self._scan_policy = ScanPolicy()
         ctx.on_scanned, ctx.scan_pays = self._on_scanned, self._scan_policy.scan_pays
+        ctx.scan_likely = lambda: not self._scan_policy.dense()
 
     def _on_scanned(self, clean: bool) -> None:
         self._scan_policy.seen(clean)

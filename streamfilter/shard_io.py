@@ -8,7 +8,7 @@ committed and counted the same way.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 import anyio
@@ -22,6 +22,9 @@ from .plan import Shard
 from .spec import JobSpec
 from .store import ObjectInfo, PartSink, Stores
 from .store.uris import sibling
+
+#: Shards that may hold what they prefetched for their scan (see RunContext.prefetch_slots).
+PREFETCHES = 16
 
 
 @dataclass
@@ -49,6 +52,12 @@ class RunContext:
     #: Asked before a scan whether it is likely to pay: on a dense run a scan only decodes the key columns
     #: a second time before the rewrite that follows it.
     scan_pays: Callable[[], bool] = lambda: True
+    #: Whether the run's scans have been finding clean shards (not a dense run), without counting a probe
+    #: as ``scan_pays`` does: a shard then prefetches what its scan reads first while it waits for its slot.
+    scan_likely: Callable[[], bool] = lambda: True
+    #: Held from a shard's prefetch to the end of its decoding part: bounds the prefetched bytes held by
+    #: shards waiting for a decode slot (a footer and at most pipelines.parquet.PREFETCH_BYTES each).
+    prefetch_slots: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(PREFETCHES))
 
 
 @dataclass(frozen=True)

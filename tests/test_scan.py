@@ -289,3 +289,37 @@ def test_clean_shards_wait_for_their_copies_outside_the_decode_slots(
         assert s3_get(s3_client, bucket, "out/" + key.removeprefix("in/")) == data
     # Before, a shard held its slot through its copies: never more than ``most_before`` at once.
     assert proxy.peak["CopyObject"] > most_before, proxy.peak
+
+
+def test_a_scan_prefetches_its_footer_and_key_chunks_before_its_decode_slot(
+    s3_endpoint, s3_client, bucket, tmp_path: Path
+) -> None:
+    """On a store slow to answer, shards waiting for a decode slot already read their footers and request
+    their key chunks, so more reads are in flight than decode slots (at concurrency 1, two); each clean
+    shard still reads its footer and key chunks once, nothing more."""
+    from fault_proxy import FaultProxy
+    from helpers import serve
+
+    inputs = {}
+    for i in range(12):
+        inputs[i] = put_table(s3_client, bucket, f"in/{i:02d}.parquet", shard_table(2000, start=2000 * i, seed=i))
+    blocklist = write_list(tmp_path / "list.txt", ["https://not-in-any-shard.example/x.jpg"])
+    proxy = FaultProxy(s3_endpoint)
+    proxy.hold["GetObject"] = 0.5
+    with serve(proxy.app()) as proxy.url:
+        report = streamfilter.run(
+            f"s3://{bucket}/in/*.parquet",
+            output=f"s3://{bucket}/out/",
+            blocklist=[str(blocklist)],
+            s3_endpoint_url=proxy.url,
+            concurrency=1,
+            quiet=True,
+        )
+    assert report.ok, [s.error for s in report.shards if s.error]
+    for i, data in inputs.items():
+        assert s3_get(s3_client, bucket, f"out/{i:02d}.parquet") == data
+        shard = report.shards[i]
+        assert shard.output_via == "server_copy"
+        assert shard.bytes_read <= key_chunk_bytes(data) + 64 * 1024
+    # Before, a shard read only once it had its slot: never more than two reads at once.
+    assert proxy.peak["GetObject"] > 2, proxy.peak

@@ -160,6 +160,12 @@ def set_processor_for(fmt: str) -> Callable[..., Any] | None:
     return importlib.import_module(f"{__name__}.{fmt}").process_set if fmt in SET_FORMATS else None
 
 
+def prefetcher_for(fmt: str) -> Callable[[ShardFiles, ShardTools], None] | None:
+    """The format's ``prefetch_scan``, if it has one: run before a shard takes its decode slot, it makes
+    the round trips the scan would start with (a Parquet footer) and requests the bytes it reads first."""
+    return getattr(importlib.import_module(f"{__name__}.{fmt}"), "prefetch_scan", None)
+
+
 def scanner_for(fmt: str, tools: ShardTools) -> Scanner | None:
     """The format's cheap first pass, if it has one: ``scan_shard`` returns the counts of a
     shard with nothing to remove, or None as soon as it finds a row that must go."""

@@ -90,6 +90,22 @@ def _write(
 
 #: Where scan_shard leaves the row group it stopped at (index, decoded keys, keep mask) for the rewrite.
 _SCANNED = "parquet.scanned"
+#: The most compressed key-column bytes a shard requests before its scan may start: a waiting shard holds
+#: them, and many shards wait at once (engine.STORE_WAITS).
+PREFETCH_BYTES = 4 * 1024 * 1024
+
+
+def prefetch_scan(files: ShardFiles, tools: ShardTools) -> None:
+    """Before the shard's decode slot: its footer read and parsed (a round trip), and its first row group's
+    key chunks requested, as the scan will ask for them, unless they are over :data:`PREFETCH_BYTES`.
+    The scan, once it has its slot, then waits on no round trip for a shard of one small row group."""
+    shard = _open(files, tools)
+    prefetch = getattr(files.source, "prefetch", None)
+    if prefetch is None or not shard.num_row_groups:
+        return
+    start, end = row_group_span(shard.metadata, 0, list(tools.rule.key.columns))
+    if end - start <= PREFETCH_BYTES:
+        prefetch([(start, end)])
 
 
 def scan_shard(files: ShardFiles, tools: ShardTools) -> Counts | None:
