@@ -220,6 +220,11 @@ def shard_facts(path: Path) -> dict[str, Any]:
     }
 
 
+def shown(path: Path) -> str:
+    """``path`` as printed: within the repository relative to it (``--data`` may put data elsewhere)."""
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def dataset(
     name: str,
     shards: int,
@@ -259,12 +264,12 @@ def dataset(
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
         if meta.get("params") == params and all((root / "shards" / s).exists() for s in meta["expected"]):
-            print(f"reusing {root.relative_to(REPO)} ({shards} shards x {rows:,} rows)", flush=True)
+            print(f"reusing {shown(root)} ({shards} shards x {rows:,} rows)", flush=True)
         else:
             meta = None
     if meta is None:
         shutil.rmtree(root, ignore_errors=True)
-        print(f"generating {root.relative_to(REPO)}: {shards} shards x {rows:,} rows ...", flush=True)
+        print(f"generating {shown(root)}: {shards} shards x {rows:,} rows ...", flush=True)
         started = time.perf_counter()
         paths = write_shards(root / "shards", shards, rows, ROW_GROUP_SIZE, seed=seed)
         hit_names = None
@@ -1197,6 +1202,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-side-venv", action="store_true", help="do not create the side virtualenv when it is missing")
     ap.add_argument("--streamfilter-args", default="", help="extra streamfilter flags, e.g. '--concurrency 2'")
     ap.add_argument("--results", default="latest", help="results/NAME.md and .json (default latest)")
+    ap.add_argument(
+        "--data",
+        help="folder for the generated shards, logs and outputs (default benchmarks/data): another benchmark "
+        "running at the same time in the same folder clears this one's logs and outputs",
+    )
     ap.add_argument("--timeout", type=float, default=1800, help="seconds before a run is killed")
     args = ap.parse_args(argv)
     if args.latency_ms and args.no_proxy:
@@ -1230,6 +1240,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.setup_duckdb_s3:
         return setup_side_venv()
+    if args.data:
+        global DATA  # read when the data sets, logs, outputs and the server's store are made
+        DATA = Path(args.data).resolve()
     started = time.perf_counter()
     from streamfilter.spec import DEFAULT_CONCURRENCY
 

@@ -82,10 +82,10 @@ def shape_dataset(shape: dict[str, Any], total_rows: int) -> dict[str, Any]:
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
         if meta.get("params") == params:
-            print(f"reusing {_shown(root)}", flush=True)
+            print(f"reusing {R.shown(root)}", flush=True)
             return {"root": root, **meta}
     shutil.rmtree(root, ignore_errors=True)
-    print(f"generating {_shown(root)} ...", flush=True)
+    print(f"generating {R.shown(root)} ...", flush=True)
     started = time.perf_counter()
     rng = np.random.default_rng(1)
     paths, hits = [], []
@@ -119,10 +119,6 @@ def shape_dataset(shape: dict[str, Any], total_rows: int) -> dict[str, Any]:
     meta_path.write_text(json.dumps(meta, indent=1))
     print(f"  done in {time.perf_counter() - started:.1f} s, {meta['bytes'] / MIB:.0f} MiB", flush=True)
     return {"root": root, **meta}
-
-
-def _shown(path: Path) -> str:
-    return str(path.relative_to(R.REPO)) if path.is_relative_to(R.REPO) else str(path)
 
 
 def judge(table: list[dict[str, Any]], shape_of: dict[str, str]) -> dict[str, Any]:
