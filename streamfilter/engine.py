@@ -253,8 +253,8 @@ class ShardWork:
                                            overwrite=spec.overwrite)  # fmt: skip
                     await receipts.list_once(self.shards)
                 ctx = RunContext(
-                    spec, stores, portal, tools, self.verbose, anyio.CapacityLimiter(in_flight),
-                    anyio.CapacityLimiter(in_flight), stopping=stop.is_set, receipts=receipts,
+                    spec, stores, portal, tools, self.verbose, cpu_slots=anyio.CapacityLimiter(in_flight),
+                    decode_slots=anyio.CapacityLimiter(in_flight), stopping=stop.is_set, receipts=receipts,
                 )  # fmt: skip
                 yield ShardSession(ctx, in_flight, min(concurrency, in_flight * SCAN_FANOUT), stop)
         finally:
@@ -304,7 +304,6 @@ class ShardSession:
     def __init__(self, ctx: RunContext, in_flight: int, widest: int, stop: anyio.Event) -> None:
         self.ctx, self.stop = ctx, stop
         self._in_flight, self._widest = in_flight, widest
-        self._limiter = ctx.decode_slots
         self._scanned = [0, 0]  # shards scanned, of which clean
         self._scan_policy = ScanPolicy()
         ctx.on_scanned, ctx.scan_pays = self._on_scanned, self._scan_policy.scan_pays
@@ -317,7 +316,7 @@ class ShardSession:
         seen, clean_ones = self._scanned
         if seen >= FANOUT_AFTER:
             wide = clean_ones >= FANOUT_CLEAN_SHARE * seen
-            self._limiter.total_tokens = self._widest if wide else self._in_flight
+            self.ctx.decode_slots.total_tokens = self._widest if wide else self._in_flight
 
     async def run(self, shard: Shard) -> ShardReport:
         if self.stop.is_set():

@@ -77,14 +77,12 @@ class Stores:
         self._options = options or StoreOptions()
         self._retry = dataclasses.replace(self._options.retry, on_retry=on_retry)
         self._stores: dict[str, Store] = {}
-        self._byte_copies: anyio.CapacityLimiter | None = None
+        self._byte_copies = anyio.CapacityLimiter(BYTE_COPIES)
 
     def for_uri(self, uri: str) -> Store:
         scheme = {"https": "http"}.get(scheme_of(uri), scheme_of(uri))
         if scheme not in self._stores:
             store = self._stores[scheme] = self._make(scheme, uri)
-            if self._byte_copies is None:
-                self._byte_copies = anyio.CapacityLimiter(BYTE_COPIES)
             store.byte_copies = self._byte_copies
         return self._stores[scheme]
 
