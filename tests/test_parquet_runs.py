@@ -100,3 +100,33 @@ def test_a_corrupt_row_group_in_a_run_is_named(tmp_path: Path) -> None:
         with pytest.raises(streamfilter.ShardError, match="bad: row group 6 cannot be decoded"):
             for run in runs:
                 shard.read_run(run)
+
+
+def test_a_stop_takes_effect_at_the_next_row_group_of_a_run(tmp_path: Path) -> None:
+    """Row groups decoded together are still written one at a time, and a stop (the grace period over)
+    takes effect before the next one is written, not at the end of the run: the shard fails, unwritten."""
+    import io
+    import threading
+
+    from streamfilter.errors import ShardError
+    from streamfilter.keys import KeySpec
+    from streamfilter.pipelines import Filter, ShardFiles, ShardTools
+    from streamfilter.pipelines.parquet import filter_shard
+    from streamfilter.progress import Progress
+    from streamfilter.sets import ExactKeySet
+
+    src = write_shard(tmp_path / "r.parquet", shard_table(4000, seed=9), row_group_size=100)
+    with src.open("rb") as f:
+        shard = pqfmt.ParquetShard(f, "r")
+        assert max(len(run) for run in shard.fetched_runs()) > 1  # else the test tests nothing
+    cancelled = threading.Event()
+
+    class StopAfterFirst(Progress):
+        def add(self, rows: int, nbytes: int) -> None:  # told after each row group written
+            cancelled.set()
+
+    rule = Filter(KeySpec(("url",)), ExactKeySet(pa.array(["https://nowhere.example/x.jpg"])), "deny")
+    tools = ShardTools(rule, StopAfterFirst.silent(), decode_threads=False, cancelled=cancelled)
+    sink = io.BytesIO()
+    with src.open("rb") as f, pytest.raises(ShardError, match="stopped by a signal"):
+        filter_shard(ShardFiles(f, sink, "r.parquet", lambda _: f), tools)

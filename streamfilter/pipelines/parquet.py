@@ -42,6 +42,7 @@ def filter_shard(files: ShardFiles, tools: ShardTools) -> Counts:
             keep = rule.keep_mask(table, name)
             start = 0
             for i in run:
+                tools.check_cancelled(name)  # a stop still takes effect at the next row group, not run
                 rows = shard.metadata.row_group(i).num_rows
                 _write(shard, output, counts, tools, i, table.slice(start, rows), keep.slice(start, rows), True)
                 start += rows
