@@ -423,3 +423,32 @@ def test_s3_keys_with_spaces_and_non_ascii(s3_endpoint, s3_client, bucket, tmp_p
     assert s3_keys(s3_client, bucket, "clean") == ["clean é/part 0 ü.parquet"]
     out = s3_get(s3_client, bucket, "clean é/part 0 ü.parquet")
     assert_same_table(read_parquet(out), reference_filter(read_parquet(data), listed))
+
+
+def test_a_run_makes_one_s3_client(s3_endpoint, s3_client, bucket, tmp_path: Path, monkeypatch) -> None:
+    # Each botocore client costs its own session, service model and connection pool (about 0.06 CPU s):
+    # the planning (listing, receipts) and the shards share one.
+    from aiobotocore.session import AioSession
+
+    made = []
+    real = AioSession.create_client
+
+    def counted(self, *args, **kwargs):
+        made.append(args[:1])
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(AioSession, "create_client", counted)
+    listed = []
+    for i in range(3):
+        data = put_table(s3_client, bucket, f"one/part-{i}.parquet", shard_table(300, start=i * 300, seed=2))
+        listed += sample(read_parquet(data)["url"], 7)
+    report = streamfilter.run(
+        [f"s3://{bucket}/one/*.parquet"],
+        output=f"s3://{bucket}/one-clean/",
+        blocklist=[str(write_list(tmp_path / "list.txt", listed))],
+        concurrency=2,
+        s3_endpoint_url=s3_endpoint,
+        quiet=True,
+    )
+    assert report.ok and report.totals["rows_removed"] > 0
+    assert made == [("s3",)]
