@@ -452,8 +452,17 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only the dense case, into results/embeddings-dense-ROWS.{json,md} (for larger --rows)",
     )
+    parser.add_argument(
+        "--data",
+        help="folder for the generated sets, logs, outputs and the S3 server's store (default "
+        "benchmarks/data/embeddings): another run of this benchmark in the same folder at the same time clears "
+        "this one's logs and outputs",
+    )
     parser.add_argument("--child-anchor", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    global DATA
+    if args.data:
+        DATA = Path(args.data).resolve()
     if args.child_anchor:
         child_anchor(json.loads(Path(args.child_anchor).read_text()))
         return 0

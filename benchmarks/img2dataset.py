@@ -698,13 +698,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--latency-ms", type=float, default=0.0, help="the proxy holds each request this long (a real round trip)"
     )
+    ap.add_argument(
+        "--data",
+        help="folder for the generated sets, logs and the S3 server's store (default benchmarks/data/img2dataset): "
+        "another run of this benchmark in the same folder at the same time clears this one's logs",
+    )
     ap.add_argument("--child-anchor", metavar="JOB", help=argparse.SUPPRESS)
     ap.add_argument("--child-copy-floor", metavar="JOB", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
+    global DATA
     args = parse_args(argv)
+    if args.data:
+        DATA = Path(args.data).resolve()
     if args.child_anchor:
         # This script's directory holds benchmarks/webdataset.py, which would shadow the package.
         sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
