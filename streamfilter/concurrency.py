@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Awaitable, Callable, Sequence
+import threading
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -31,6 +33,37 @@ def usable_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> int:
     except (OSError, ValueError):  # no cgroup v2 file here, or one we do not understand
         pass
     return cpus
+
+
+class Cores:
+    """The CPUs a run may use, and how many of its shards' pipelines run on them right now.
+
+    Parallel work inside one shard (its columns decoded at once, a row group encoded beside the
+    decoding of the next) pays only on spare cores: at the end of a run, or while fewer shards than
+    cores are in flight. With every core busy it only adds switching (measured: 3 shards on 2 cores
+    took 1.26x Polars' wall time with parallel decoding, 1.12x without). Pipeline threads read
+    :meth:`spare` as they go, so a shard left alone at the end of a run widens at its next row group.
+    """
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self._busy = 0
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        """Counts one shard's pipeline as running for the length of the block."""
+        with self._lock:
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._busy -= 1
+
+    def spare(self) -> bool:
+        """Whether a core is left over after one for each running pipeline."""
+        return self._busy < self.total
 
 
 T = TypeVar("T")

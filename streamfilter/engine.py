@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -29,7 +30,7 @@ import anyio.to_thread
 from anyio.from_thread import BlockingPortal
 
 from ._version import __version__
-from .concurrency import usable_cpus
+from .concurrency import Cores, usable_cpus
 from .errors import ShardError, StreamfilterError, UsageError, redact_uri
 from .executors import NOT_STARTED, Limits, run_units
 from .formats import detect_format
@@ -108,10 +109,10 @@ async def filter_one(
     files = files or open_files(shard, info, opened)
     if shard.output is None:
         async with ctx.cpu_slots:
-            _take_counts(report, await anyio.to_thread.run_sync(pipeline, files, ctx.tools))
+            _take_counts(report, await anyio.to_thread.run_sync(ctx.tools.run, pipeline, files))
         return None
     scan = scanner_for(fmt, ctx.tools) if ctx.spec.scan and ctx.scan_pays() else None
-    clean = await anyio.to_thread.run_sync(scan, files, ctx.tools) if scan is not None else None
+    clean = await anyio.to_thread.run_sync(ctx.tools.run, scan, files) if scan is not None else None
     if scan is not None and ctx.on_scanned is not None:
         ctx.on_scanned(clean is not None)
     if clean is not None:
@@ -226,12 +227,17 @@ class ShardWork:
     #: The planning run's stores, reused by a session in the same process: each S3 store makes its own
     #: botocore session and client, about 0.06 CPU s and a connection pool. None in another process.
     stores: Stores | None = dataclasses.field(default=None, compare=False, repr=False)
+    #: The CPUs the shards may use: this process's (None), or in a Ray task the ones it reserved.
+    cpus: int | None = None
 
     def not_run(self, shard: Shard, why: str) -> ShardReport:
         return shard_report(shard, why)
 
     def detached(self) -> ShardWork:
-        return dataclasses.replace(self, progress=None, shards=1, stores=None)
+        """This work for a Ray task: one shard, no live progress, its own stores, and the CPUs it reserved
+        (``--ray-task-cpus``), not the node's: other tasks run beside it."""
+        cpus = max(1, math.ceil(self.spec.ray_task_cpus))
+        return dataclasses.replace(self, progress=None, shards=1, stores=None, cpus=cpus)
 
     @contextlib.asynccontextmanager
     async def session(self, stop: anyio.Event, concurrency: int) -> AsyncIterator[ShardSession]:
@@ -241,7 +247,7 @@ class ShardWork:
         tools = ShardTools(
             Filter(spec.key, self.key_set, spec.mode),
             self.progress or Progress.silent(),
-            decode_threads=in_flight < usable_cpus(),
+            cores=Cores(self.cpus or usable_cpus()),
             cancelled=threading.Event(),
             on_unkeyed=spec.on_unkeyed,
             sidecar=spec.sidecar,

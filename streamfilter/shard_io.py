@@ -104,7 +104,7 @@ async def rewrite(
     out_store = ctx.stores.for_uri(shard.output)
     async with out_store.open_write(shard.output) as upload:
         files.sink = sink = PartSink(upload, out_store.part_size, ctx.portal)
-        counts = await anyio.to_thread.run_sync(pipeline, files, tools or ctx.tools)
+        counts = await anyio.to_thread.run_sync((tools or ctx.tools).run, pipeline, files)
         written = await upload.commit(sink.remainder())
     if written.size != sink.bytes_written:
         raise ShardError(

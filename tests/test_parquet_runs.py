@@ -108,6 +108,7 @@ def test_a_stop_takes_effect_at_the_next_row_group_of_a_run(tmp_path: Path) -> N
     import io
     import threading
 
+    from streamfilter.concurrency import Cores
     from streamfilter.errors import ShardError
     from streamfilter.keys import KeySpec
     from streamfilter.pipelines import Filter, ShardFiles, ShardTools
@@ -126,7 +127,7 @@ def test_a_stop_takes_effect_at_the_next_row_group_of_a_run(tmp_path: Path) -> N
             cancelled.set()
 
     rule = Filter(KeySpec(("url",)), ExactKeySet(pa.array(["https://nowhere.example/x.jpg"])), "deny")
-    tools = ShardTools(rule, StopAfterFirst.silent(), decode_threads=False, cancelled=cancelled)
+    tools = ShardTools(rule, StopAfterFirst.silent(), cores=Cores(1), cancelled=cancelled)
     sink = io.BytesIO()
     with src.open("rb") as f, pytest.raises(ShardError, match="stopped by a signal"):
         filter_shard(ShardFiles(f, sink, "r.parquet", lambda _: f), tools)

@@ -14,12 +14,13 @@ import importlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..concurrency import Cores
 from ..errors import ShardError
 from ..keys import KeySpec, key_values
 from ..progress import Progress
@@ -81,15 +82,17 @@ def _tallied(fn: Callable[[ShardFiles, ShardTools], Any]) -> Callable[[ShardFile
     return run
 
 
+T = TypeVar("T")
+
+
 @dataclass(frozen=True)
 class ShardTools:
     """What a pipeline thread needs besides its shard's files; shared by every shard of a run."""
 
     rule: Filter
     progress: Progress
-    #: Parallel column decoding pays only while fewer shards than cores are in flight
-    #: (measured: 3 shards on 2 cores ran 1.12x Polars' wall time without it, 1.26x with it).
-    decode_threads: bool
+    #: The run's cores and the pipelines running on them: whether a shard may work in parallel inside itself.
+    cores: Cores
     #: Set when the run must stop: checked between batches, so a shard gives up within one.
     cancelled: threading.Event
     #: What a sample or line without a usable key does: "fail" the shard, or "keep" it and count it.
@@ -98,6 +101,17 @@ class ShardTools:
     sidecar: str | None = None
     #: Tars keyed by image hash: a sample whose image does not decode is kept ("keep") or removed ("remove").
     on_undecodable: str = "keep"
+
+    @property
+    def decode_threads(self) -> bool:
+        """Whether to decode a row group's columns in parallel and encode it beside the next one's decoding:
+        only on spare cores (see :class:`~streamfilter.concurrency.Cores`), asked afresh each row group."""
+        return self.cores.spare()
+
+    def run(self, pipeline: Callable[[ShardFiles, ShardTools], T], files: ShardFiles) -> T:
+        """``pipeline`` on ``files`` in this (worker) thread, counted as running on one of the cores."""
+        with self.cores.busy():
+            return pipeline(files, self)
 
     def check_cancelled(self, name: str) -> None:
         if self.cancelled.is_set():

@@ -177,7 +177,7 @@ async def process_set(
     vectors, keep = await gather(  # the vectors' headers are fetched while the metadata decides
         [
             lambda: find_vectors(ctx.stores, shard.input, report),
-            lambda: anyio.to_thread.run_sync(decide, files, ctx.tools),
+            lambda: anyio.to_thread.run_sync(ctx.tools.run, decide, files),
         ]
     )
     for v in vectors:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import pyarrow as pa
 
 from ..formats.parquet import ParquetShard, row_group_span
@@ -33,33 +36,38 @@ def filter_shard(files: ShardFiles, tools: ShardTools) -> Counts:
         runs = ([i] for i in shard.fetched(columns))
     else:
         runs = shard.fetched_runs(apart=scanned[0] if scanned is not None else None)
-    for run in runs:
-        tools.check_cancelled(name)
-        i = run[0]
-        if len(run) > 1:
-            # Consecutive small row groups decoded and matched in one call each, then written one for one.
-            table = shard.read_run(run, tools.decode_threads)
-            keep = rule.keep_mask(table, name)
-            start = 0
-            for i in run:
-                tools.check_cancelled(name)  # a stop still takes effect at the next row group, not run
-                rows = shard.metadata.row_group(i).num_rows
-                _write(shard, output, counts, tools, i, table.slice(start, rows), keep.slice(start, rows), True)
-                start += rows
-            del table, keep
-            continue
-        whole = output is not None and shard.small(i)
-        if scanned is not None and scanned[0] == i:
-            # The scan's hit, decoded and matched already: not again.
-            table, keep, whole = scanned[1], scanned[2], False
-            scanned = None
-        else:
-            # A small row group whole; a large one's keys first, then the other columns one at a time
-            # (see kept_rows).
-            table = shard.whole(i, tools.decode_threads) if whole else shard.read(i, keys, tools.decode_threads)
-            keep = rule.keep_mask(table, name)
-        _write(shard, output, counts, tools, i, table, keep, whole, columns)
-        del table, keep  # free this row group before the next one is decoded: one, not two, in memory
+    writes = WriteBehind(output, tools)
+    try:
+        for run in runs:
+            tools.check_cancelled(name)
+            i = run[0]
+            if len(run) > 1:
+                # Consecutive small row groups decoded and matched in one call each, then written one for one.
+                table = shard.read_run(run, tools.decode_threads)
+                keep = rule.keep_mask(table, name)
+                start = 0
+                for i in run:
+                    tools.check_cancelled(name)  # a stop still takes effect at the next row group, not run
+                    rows = shard.metadata.row_group(i).num_rows
+                    _write(shard, writes, counts, tools, i, table.slice(start, rows), keep.slice(start, rows), True)
+                    start += rows
+                del table, keep
+                continue
+            whole = output is not None and shard.small(i)
+            if scanned is not None and scanned[0] == i:
+                # The scan's hit, decoded and matched already: not again.
+                table, keep, whole = scanned[1], scanned[2], False
+                scanned = None
+            else:
+                # A small row group whole; a large one's keys first, then the other columns one at a time
+                # (see kept_rows).
+                table = shard.whole(i, tools.decode_threads) if whole else shard.read(i, keys, tools.decode_threads)
+                keep = rule.keep_mask(table, name)
+            _write(shard, writes, counts, tools, i, table, keep, whole, columns)
+            del table, keep  # free this row group before the next one is decoded: one, not two, in memory
+        writes.finish()
+    finally:
+        writes.close()
     if output is not None:
         output.close()
     return counts
@@ -67,7 +75,7 @@ def filter_shard(files: ShardFiles, tools: ShardTools) -> Counts:
 
 def _write(
     shard: ParquetShard,
-    output: ParquetOutput | None,
+    writes: WriteBehind,
     counts: Counts,
     tools: ShardTools,
     i: int,
@@ -80,13 +88,51 @@ def _write(
     rows, kept = table.num_rows, keep.true_count
     counts.rows_in += rows
     counts.rows_out += kept
-    if output is not None:
+    if writes.output is not None:
         if whole:
-            output.write(table if kept == rows else table.filter(keep))
-        else:
-            output.write(shard.kept_rows(i, keep if kept < rows else None, table, tools.decode_threads))
+            writes.write(table if kept == rows else table.filter(keep))
+        else:  # the other columns are decoded here, in this thread: the reader is not shared with the writer's
+            writes.write(shard.kept_rows(i, keep if kept < rows else None, table, tools.decode_threads))
     start, end = row_group_span(shard.metadata, i, columns)
     tools.progress.add(rows, end - start)  # stored (compressed) bytes, as read
+
+
+class WriteBehind:
+    """A shard's kept row groups to its output, in order, one at a time: each in a second thread while this
+    one decodes the next row group, if a core is spare then (the end of a run, fewer shards than cores),
+    else in this thread. Holds at most one row group being written besides the one being decoded.
+    A write's failure is raised by the next call."""
+
+    def __init__(self, output: ParquetOutput | None, tools: ShardTools) -> None:
+        self.output, self._tools = output, tools
+        self._pending: Future[None] | None = None
+        self._thread: ThreadPoolExecutor | None = None
+
+    def write(self, table: pa.Table) -> None:
+        assert self.output is not None
+        self.finish()
+        if not self._tools.decode_threads:
+            self.output.write(table)
+            return
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="streamfilter-encode")
+        self._pending = self._thread.submit(self.output.write, table)
+
+    def finish(self) -> None:
+        """Wait for the write in flight; raises its failure."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        """Wait for the write in flight, if any (its failure is dropped: the shard fails with the one raised
+        already), and end the thread: nothing writes to the output after this returns."""
+        try:
+            if self._pending is not None:
+                futures.wait([self._pending])
+        finally:
+            if self._thread is not None:
+                self._thread.shutdown(wait=True)
 
 
 #: Where scan_shard leaves the row group it stopped at (index, decoded keys, keep mask) for the rewrite.
