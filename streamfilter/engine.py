@@ -50,7 +50,7 @@ from .plan import Shard, check_first_input, plan_shards, source_error, worker_sh
 from .progress import Progress
 from .sets import KeySet, build_key_set
 from .sets.load import open_filter
-from .shard_io import FoundClean, OpenedFiles, RunContext, keep_unchanged, rewrite
+from .shard_io import FoundClean, OpenedFiles, RunContext, Slots, keep_unchanged, rewrite
 from .spec import JobSpec
 from .store import ObjectInfo, Stores, scheme_of
 from .store.uris import sibling
@@ -79,15 +79,15 @@ def open_files(shard: Shard, info: ObjectInfo, opened: OpenedFiles) -> ShardFile
 
 
 async def prefetch_scan(
-    shard: Shard, ctx: RunContext, info: ObjectInfo, opened: OpenedFiles, fmt: str, held: contextlib.AsyncExitStack
+    shard: Shard, ctx: RunContext, info: ObjectInfo, opened: OpenedFiles, fmt: str, slots: Slots
 ) -> ShardFiles | None:
     """Before the decode slot, on a run whose scans find clean shards: the round trips a scan starts with
     (its footer) made, and the bytes it reads first requested; the files, for the scan to go on with.
-    A prefetch slot is entered on ``held``, to be left when the shard's decoding part is over."""
+    A prefetch slot is taken into ``slots``, given back with the decode slot."""
     prefetch = prefetcher_for(fmt)
     if shard.output is None or not ctx.spec.scan or prefetch is None or not ctx.scan_likely():
         return None
-    await held.enter_async_context(ctx.prefetch_slots)
+    await slots.take(ctx.prefetch_slots)
     files = open_files(shard, info, opened)
     await anyio.to_thread.run_sync(prefetch, files, ctx.tools)
     return files
@@ -100,11 +100,12 @@ async def filter_one(
     report: ShardReport,
     opened: OpenedFiles,
     fmt: str,
+    slots: Slots,
     files: ShardFiles | None = None,
 ) -> ObjectInfo | FoundClean | None:
     """One object in, one out, the part that holds decoded data: count it (a dry run; returns None), scan
     it (a clean shard: what to copy) or rewrite it (returns the output). ``files``: opened already by
-    :func:`prefetch_scan`."""
+    :func:`prefetch_scan`. A rewrite gives its ``slots`` back once decoded, before its commit."""
     pipeline = pipeline_for(fmt)
     files = files or open_files(shard, info, opened)
     if shard.output is None:
@@ -121,8 +122,15 @@ async def filter_one(
     if ctx.spec.backup is not None:
         backup = f"{ctx.spec.backup.rstrip('/')}/{shard.name}"
         await ctx.stores.for_uri(backup).copy(info, backup)
-    async with ctx.cpu_slots:
-        counts, written = await rewrite(shard, ctx, pipeline, files)
+    await slots.take(ctx.cpu_slots)
+
+    async def decoded() -> None:
+        # Nothing decoded is left: the commit waits on the store with the inputs' buffers closed and one of
+        # the few commit slots (which bound the parts in flight), while the next shard decodes.
+        opened.close()
+        await slots.trade_for(ctx.commit_slots)
+
+    counts, written = await rewrite(shard, ctx, pipeline, files, before_commit=decoded)
     _take_counts(report, counts)
     report.bytes_written, report.output_via = written.size, "rewrite"
     return written
@@ -134,15 +142,18 @@ async def run_fresh(
     """A shard no receipt covers: its decoding part in a decode slot, then (a clean shard's copy and) its
     receipt outside it. False if the run stopped while the shard waited for its slot."""
     process_set = set_processor_for(fmt) if shard.output is not None else None
-    async with contextlib.AsyncExitStack() as held:
-        files = None if process_set is not None else await prefetch_scan(shard, ctx, info, opened, fmt, held)
-        async with ctx.decode_slots:
-            if ctx.stopping():
-                return False
-            if process_set is not None:  # a set of objects as one unit (a dry run counts its deciding object)
-                done: ObjectInfo | FoundClean | None = await process_set(shard, ctx, info, report, opened)
-            else:
-                done = await filter_one(shard, ctx, info, report, opened, fmt, files)
+    slots = Slots()
+    try:
+        files = None if process_set is not None else await prefetch_scan(shard, ctx, info, opened, fmt, slots)
+        await slots.take(ctx.decode_slots)
+        if ctx.stopping():
+            return False
+        if process_set is not None:  # a set of objects as one unit (a dry run counts its deciding object)
+            done: ObjectInfo | FoundClean | None = await process_set(shard, ctx, info, report, opened)
+        else:
+            done = await filter_one(shard, ctx, info, report, opened, fmt, slots, files)
+    finally:
+        slots.give_back()
     if done is None:  # a dry run
         return True
     if isinstance(done, FoundClean):  # copied (or, in place, left) with the scan's buffers given back
@@ -263,7 +274,8 @@ class ShardWork:
                     await receipts.list_once(self.shards)
                 ctx = RunContext(
                     spec, stores, portal, tools, self.verbose, cpu_slots=anyio.CapacityLimiter(in_flight),
-                    decode_slots=anyio.CapacityLimiter(in_flight), stopping=stop.is_set, receipts=receipts,
+                    decode_slots=anyio.CapacityLimiter(in_flight), commit_slots=anyio.CapacityLimiter(in_flight),
+                    stopping=stop.is_set, receipts=receipts,
                 )  # fmt: skip
                 yield ShardSession(ctx, in_flight, min(concurrency, in_flight * SCAN_FANOUT), stop)
         finally:

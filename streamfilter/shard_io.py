@@ -7,7 +7,7 @@ committed and counted the same way.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -39,9 +39,10 @@ class RunContext:
     #: Held while a shard decodes and encodes (a rewrite, a dry run): ``spec.concurrency`` of them,
     #: so the CPU-heavy work stays at the tuned level while more shards scan and copy.
     cpu_slots: anyio.CapacityLimiter
-    #: Held from a shard's scan to the end of its rewrite, or through a set's processing: while it holds
-    #: decoded data. Its receipt lookup, a clean shard's copy and its receipt wait on the store outside
-    #: it, so on a sparse run many shards are at those waits at once (see engine.STORE_WAITS).
+    #: Held from a shard's scan to the end of its rewrite's decoding (not its commit: see :class:`Slots`), or
+    #: through a set's processing: while it holds decoded data. Its receipt lookup, a clean shard's copy and
+    #: its receipt wait on the store outside it, so on a sparse run many shards are at those waits at once
+    #: (see engine.STORE_WAITS).
     decode_slots: anyio.CapacityLimiter
     #: Whether the run is stopping: a shard that got its decode slot after the stop does not start.
     stopping: Callable[[], bool] = lambda: False
@@ -58,6 +59,34 @@ class RunContext:
     #: Held from a shard's prefetch to the end of its decoding part: bounds the prefetched bytes held by
     #: shards waiting for a decode slot (a footer and at most pipelines.parquet.PREFETCH_BYTES each).
     prefetch_slots: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(PREFETCHES))
+    #: Held by a rewritten shard from the end of its decoding to its output's commit, which it waits on outside
+    #: the decode and CPU slots (see :class:`Slots`): ``spec.concurrency`` of them, each holding at most its
+    #: upload's parts in flight and its last part.
+    commit_slots: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(1))
+
+
+class Slots:
+    """The limiter tokens one shard holds while it holds decoded data, given back together: as soon as its
+    decoding is over (a rewrite, before its output's commit: waiting on the last parts, the completion and
+    its check is a wait on the store, as long as a round trip or an fsync) or at the latest when its
+    decoding part ends. Taken and given back by the shard's own task, as anyio's limiters require."""
+
+    def __init__(self) -> None:
+        self._held: list[anyio.CapacityLimiter] = []
+
+    async def take(self, limiter: anyio.CapacityLimiter) -> None:
+        await limiter.acquire()
+        self._held.append(limiter)
+
+    def give_back(self) -> None:
+        while self._held:
+            self._held.pop().release()
+
+    async def trade_for(self, limiter: anyio.CapacityLimiter) -> None:
+        """Take ``limiter``, then give back the others: the shard waits for it still holding its slots."""
+        await limiter.acquire()
+        self.give_back()
+        self._held.append(limiter)
 
 
 @dataclass(frozen=True)
@@ -97,14 +126,22 @@ class OpenedFiles:
 
 
 async def rewrite(
-    shard: Shard, ctx: RunContext, pipeline: Pipeline, files: ShardFiles, tools: ShardTools | None = None
+    shard: Shard,
+    ctx: RunContext,
+    pipeline: Pipeline,
+    files: ShardFiles,
+    tools: ShardTools | None = None,
+    before_commit: Callable[[], Awaitable[None]] | None = None,
 ) -> tuple[Counts, ObjectInfo]:
-    """Filter into the output object and commit it; returns what the pipeline counted and the output."""
+    """Filter into the output object and commit it; returns what the pipeline counted and the output.
+    ``before_commit`` runs once the pipeline is done, before the commit is waited on."""
     assert shard.output is not None
     out_store = ctx.stores.for_uri(shard.output)
     async with out_store.open_write(shard.output) as upload:
         files.sink = sink = PartSink(upload, out_store.part_size, ctx.portal)
         counts = await anyio.to_thread.run_sync((tools or ctx.tools).run, pipeline, files)
+        if before_commit is not None:
+            await before_commit()
         written = await upload.commit(sink.remainder())
     if written.size != sink.bytes_written:
         raise ShardError(

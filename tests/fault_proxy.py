@@ -115,6 +115,8 @@ class FaultProxy:
         #: Requests of each operation being answered now, and the most there were at once.
         self.in_flight: Counter[str] = Counter()
         self.peak: Counter[str] = Counter()
+        #: Requests of one operation that arrived while a request of another was in flight: (new, other).
+        self.during: Counter[tuple[str, str]] = Counter()
         #: Faults actually injected, by kind; requests seen, by (operation, key).
         self.injected: Counter[str] = Counter()
         self.calls: Counter[tuple[str, str]] = Counter()
@@ -147,6 +149,7 @@ class FaultProxy:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         op = operation(request)
+        self.during.update((op, other) for other, n in self.in_flight.items() if n and other != op)
         self.in_flight[op] += 1
         self.peak[op] = max(self.peak[op], self.in_flight[op])
         try:

@@ -323,3 +323,39 @@ def test_a_scan_prefetches_its_footer_and_key_chunks_before_its_decode_slot(
         assert shard.bytes_read <= key_chunk_bytes(data) + 64 * 1024
     # Before, a shard read only once it had its slot: never more than two reads at once.
     assert proxy.peak["GetObject"] > 2, proxy.peak
+
+
+def test_a_rewritten_shard_waits_for_its_commit_outside_its_slots(
+    s3_endpoint, s3_client, bucket, tmp_path: Path, monkeypatch
+) -> None:
+    """Completing an upload is a wait on the store (the last parts, the completion, its check): on a store
+    slow to complete, the next shard reads and decodes meanwhile instead of waiting for the slot (at
+    concurrency 1, nothing was read while a completion was in flight). Outputs against pyarrow."""
+    from fault_proxy import FaultProxy
+    from helpers import sample, serve
+
+    monkeypatch.setattr(S3Store, "part_size", 5 * 1024 * 1024)  # these outputs are multipart uploads
+    inputs, listed = {}, []
+    for i in range(4):
+        table = shard_table(60_000, start=60_000 * i, seed=i)
+        key = f"in/{i:02d}.parquet"
+        inputs[key] = put_table(s3_client, bucket, key, table, compression="none", row_group_size=20_000)
+        listed += sample(table["url"], 101)
+    assert all(len(data) > S3Store.part_size for data in inputs.values())
+    proxy = FaultProxy(s3_endpoint)
+    proxy.hold["CompleteMultipartUpload"] = 1.5  # a completion the next shard's reads can overlap
+    with serve(proxy.app()) as proxy.url:
+        report = streamfilter.run(
+            f"s3://{bucket}/in/*.parquet",
+            output=f"s3://{bucket}/out/",
+            blocklist=[str(write_list(tmp_path / "list.txt", listed))],
+            s3_endpoint_url=proxy.url,
+            concurrency=1,
+            quiet=True,
+        )
+    assert report.ok, [s.error for s in report.shards if s.error]
+    for key, data in inputs.items():
+        out = read_parquet(s3_get(s3_client, bucket, "out/" + key.removeprefix("in/")))
+        assert_same_table(out, reference_filter(read_parquet(data), listed))
+    assert proxy.peak["CompleteMultipartUpload"] == 1  # the commits stay within --concurrency
+    assert proxy.during["GetObject", "CompleteMultipartUpload"] > 0, proxy.during
