@@ -35,6 +35,10 @@ class PartWriter(Protocol):
 #: Small reads (footers, page headers) are widened to this many bytes so a
 #: Parquet footer costs one request instead of several.
 READ_AHEAD = 256 * 1024
+#: A range to prefetch that holds an earlier fetch (a scan's key chunks, inside the row group the rewrite
+#: then reads whole) requests only the rest. At the range's start or end that is one request, as before; in
+#: the middle it is two, which pays only for a held piece at least this long.
+REUSE_BYTES = 1024 * 1024
 
 
 class RangeFile(io.RawIOBase):
@@ -73,7 +77,9 @@ class RangeFile(io.RawIOBase):
     def prefetch(self, ranges: list[tuple[int, int]]) -> None:
         with self._lock:
             # A range already held (a small file's row group inside the footer read) is not fetched twice.
-            generation = [(s, e, self._covering(s, e) or self._fetch(s, e)) for s, e in ranges if e > s]
+            generation = [
+                (s, e, self._covering(s, e) or self._around_held(s, e) or self._fetch(s, e)) for s, e in ranges if e > s
+            ]
             self._generations.append(generation)
             for stale in self._generations[:-2]:
                 for *_, fut in stale:
@@ -122,6 +128,30 @@ class RangeFile(io.RawIOBase):
                     return trimmed
         return None
 
+    def _around_held(self, start: int, end: int) -> Future[bytes] | None:
+        """``[start, end)`` from the longest fetched piece of it this file holds (see :data:`REUSE_BYTES`) and
+        requests for the rest; None if no piece is worth it. Only finished fetches count: one still in
+        flight may yet be cancelled with its generation."""
+        best: tuple[int, int] | None = None
+        for generation in self._generations:
+            for s, e, fut in generation:
+                lo, hi = max(s, start), min(e, end)
+                if hi <= lo or not fut.done() or fut.cancelled() or fut.exception() is not None:
+                    continue
+                worth = lo == start or hi == end or hi - lo >= REUSE_BYTES
+                if worth and (best is None or hi - lo > best[1] - best[0]):
+                    best = (lo, hi)
+        if best is None:
+            return None
+        lo, hi = best
+        held = self._covering(lo, hi)
+        assert held is not None
+        pieces = [self._fetch(start, lo)] if start < lo else []
+        pieces.append(held)
+        if hi < end:
+            pieces.append(self._fetch(hi, end))
+        return _joined(pieces)
+
     def _cached(self, start: int, end: int) -> memoryview | None:
         for generation in reversed(self._generations):
             for s, e, fut in generation:
@@ -141,6 +171,29 @@ def _trim(done: Future[bytes], target: Future[bytes], start: int, end: int) -> N
         target.set_exception(done.exception())  # type: ignore[arg-type]
     else:
         target.set_result(done.result()[start:end])
+
+
+def _joined(pieces: list[Future[bytes]]) -> Future[bytes]:
+    """One future of the pieces' bytes end to end, settled once all are; cancelling it cancels them."""
+    joined: Future[bytes] = Future()
+    lock = threading.RLock()  # settling may cancel the pieces, whose callbacks come back here
+
+    def settle(_: Future[bytes]) -> None:
+        with lock:
+            if joined.done() or not all(piece.done() for piece in pieces):
+                return
+            failed = next((p for p in pieces if p.cancelled() or p.exception() is not None), None)
+            if failed is None:
+                joined.set_result(b"".join(piece.result() for piece in pieces))
+            elif failed.cancelled():
+                joined.cancel()
+            else:
+                joined.set_exception(failed.exception())  # type: ignore[arg-type]
+
+    joined.add_done_callback(lambda done: [p.cancel() for p in pieces] if done.cancelled() else None)
+    for piece in pieces:
+        piece.add_done_callback(settle)
+    return joined
 
 
 class PartSink(io.RawIOBase):
