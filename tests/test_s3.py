@@ -452,3 +452,57 @@ def test_a_run_makes_one_s3_client(s3_endpoint, s3_client, bucket, tmp_path: Pat
     )
     assert report.ok and report.totals["rows_removed"] > 0
     assert made == [("s3",)]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Sat, 05 Dec 2026 13:10:00 GMT",  # a Last-Modified header
+        "Tue, 01 Jan 1980 00:00:01 GMT",
+        "2026-12-05T13:10:00.000Z",  # a listing's LastModified
+        "2026-12-05T13:10:00Z",
+        "2026-12-05T13:10:00.123456+00:00",
+        "2026-12-05T15:10:00+02:00",
+        "1733404200",  # epoch seconds: botocore's own parser
+        "2026-12-05T13:10:00",  # no zone: botocore's own parser
+        "Sat, 05 Dec 2026 13:10:00 -0000",
+    ],
+)
+def test_s3_timestamps_read_as_botocore_reads_them(value: str) -> None:
+    from botocore.utils import parse_timestamp as botocore_parse
+
+    from streamfilter.store.s3 import parse_timestamp
+
+    ours, theirs = parse_timestamp(value), botocore_parse(value)
+    assert (ours.tzinfo is None) == (theirs.tzinfo is None)
+    assert ours == theirs  # the same instant (aware), or the same wall time (naive, as botocore leaves it)
+
+
+def test_listed_and_stated_times_are_the_stores(s3_endpoint, s3_client, bucket, monkeypatch) -> None:
+    import anyio
+
+    from streamfilter.store import s3 as s3_module
+
+    parsed: list[str] = []
+    real = s3_module.parse_timestamp
+    monkeypatch.setattr(s3_module, "parse_timestamp", lambda value: parsed.append(value) or real(value))
+    for i in range(3):
+        s3_client.put_object(Bucket=bucket, Key=f"t/{i}.bin", Body=b"x" * i)
+    expected = {
+        f"s3://{bucket}/{o['Key']}": o["LastModified"].timestamp()
+        for o in s3_client.list_objects_v2(Bucket=bucket, Prefix="t/")["Contents"]
+    }
+
+    async def listed_and_stated() -> tuple[dict, dict]:
+        store = S3Store(s3_endpoint)
+        try:
+            listed = {info.uri: info.mtime for info in await store.list(f"s3://{bucket}/t/")}
+            stated = {uri: (await store.stat(uri)).mtime for uri in expected}
+        finally:
+            await store.aclose()
+        return listed, stated
+
+    listed, stated = anyio.run(listed_and_stated)
+    assert listed == expected
+    assert stated == {uri: int(t) for uri, t in expected.items()}  # Last-Modified has whole seconds
+    assert len(parsed) >= 6  # the client reads its replies' times with streamfilter's parser, not dateutil

@@ -17,14 +17,18 @@ slows all requests of the client while the store keeps answering SlowDown.
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import hashlib
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
+import aiobotocore.session
 import aiohttp
 import anyio
+import botocore.utils
 import s3fs
 from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadError
 from botocore.exceptions import ConnectionError as BotoConnectionError
@@ -126,6 +130,20 @@ def _describe(exc: Exception) -> str:
         # str(exc) would add botocore's "(reached max retries: 0)", which is not the whole story here.
         return f"{error_code(exc)}: {exc.response.get('Error', {}).get('Message', '')}".rstrip(": ")
     return f"{type(exc).__name__}: {exc}"
+
+
+def parse_timestamp(value: str) -> datetime:
+    """A timestamp of an S3 reply, as botocore's parser reads it, without dateutil for the two forms S3
+    sends: ISO 8601 in XML bodies (a listing's every object, CopyObject) and RFC 1123 in headers
+    (Last-Modified). dateutil takes 36-70 us a value: a listing page of 1,000 objects parsed in 52 ms with
+    it, 15 ms without (a run over 500,000 shards lists them, and their receipts)."""
+    try:
+        parsed = datetime.fromisoformat(value) if value[:1].isdigit() else email.utils.parsedate_to_datetime(value)
+        if parsed.tzinfo is not None:
+            return parsed
+    except (ValueError, TypeError, IndexError):
+        pass
+    return botocore.utils.parse_timestamp(value)  # anything else (epoch seconds, no zone), as before
 
 
 def multipart_etag(part_etags: list[str]) -> str | None:
@@ -350,9 +368,12 @@ class S3Store(Store):
         self.aborts_uploads = True  # AbortMultipartUpload
         #: Uploads this run created and could not abort, by key: (output URI, upload id).
         self._abandoned: list[tuple[str, str]] = []
+        session = aiobotocore.session.AioSession()
+        session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=parse_timestamp)
         self._fs = s3fs.S3FileSystem(
             asynchronous=True,
             skip_instance_cache=True,
+            session=session,
             endpoint_url=endpoint_url,
             config_kwargs={
                 # One attempt per botocore call; see the module docstring.
