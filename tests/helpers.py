@@ -212,6 +212,21 @@ def put_table(client, bucket: str, key: str, table: pa.Table, **write_options) -
     return data
 
 
+def put_listed_shards(
+    client, bucket: str, shards: int, rows: int, every: int, row_group_size: int
+) -> tuple[dict[str, bytes], list[str]]:
+    """``shards`` uncompressed shards of ``rows`` rows under ``in/`` and every ``every``-th url of each: the
+    shards' bytes by key, and the list (every shard has hits)."""
+    inputs: dict[str, bytes] = {}
+    listed: list[str] = []
+    for i in range(shards):
+        table = shard_table(rows, start=rows * i, seed=i)
+        key = f"in/{i:02d}.parquet"
+        inputs[key] = put_table(client, bucket, key, table, compression="none", row_group_size=row_group_size)
+        listed += sample(table["url"], every)
+    return inputs, listed
+
+
 def write_list(path: Path, keys: Iterable[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(keys) + "\n", encoding="utf-8")

@@ -10,13 +10,11 @@ import pytest
 from anyio.from_thread import start_blocking_portal
 from helpers import (
     FOOTER_WINDOW,
-    put_table,
+    put_listed_shards,
     read_parquet,
     reference_filter,
     row_group_rows,
     s3_get,
-    sample,
-    shard_table,
     write_list,
 )
 
@@ -103,12 +101,7 @@ def test_a_failed_fetch_is_not_reused(blob: tuple[Path, bytes]) -> None:
 def test_a_scanned_shard_with_hits_reads_its_key_chunks_once(s3_endpoint, s3_client, bucket, tmp_path: Path) -> None:
     # The scan reads the first row group's key chunks and meets a hit; the rewrite then reads that row group
     # whole, from the bytes after them. Before, the key chunks came twice.
-    inputs, listed = {}, []
-    for i in range(3):
-        table = shard_table(20_000, start=20_000 * i, seed=i)
-        key = f"in/{i}.parquet"
-        inputs[key] = put_table(s3_client, bucket, key, table, compression="none", row_group_size=20_000)
-        listed += sample(table["url"], 97)
+    inputs, listed = put_listed_shards(s3_client, bucket, 3, 20_000, 97, row_group_size=20_000)
     report = streamfilter.run(
         f"s3://{bucket}/in/*.parquet",
         output=f"s3://{bucket}/out/",

@@ -332,15 +332,10 @@ def test_a_rewritten_shard_waits_for_its_commit_outside_its_slots(
     slow to complete, the next shard reads and decodes meanwhile instead of waiting for the slot (at
     concurrency 1, nothing was read while a completion was in flight). Outputs against pyarrow."""
     from fault_proxy import FaultProxy
-    from helpers import sample, serve
+    from helpers import put_listed_shards, serve
 
     monkeypatch.setattr(S3Store, "part_size", 5 * 1024 * 1024)  # these outputs are multipart uploads
-    inputs, listed = {}, []
-    for i in range(4):
-        table = shard_table(60_000, start=60_000 * i, seed=i)
-        key = f"in/{i:02d}.parquet"
-        inputs[key] = put_table(s3_client, bucket, key, table, compression="none", row_group_size=20_000)
-        listed += sample(table["url"], 101)
+    inputs, listed = put_listed_shards(s3_client, bucket, 4, 60_000, 101, row_group_size=20_000)
     assert all(len(data) > S3Store.part_size for data in inputs.values())
     proxy = FaultProxy(s3_endpoint)
     proxy.hold["CompleteMultipartUpload"] = 1.5  # a completion the next shard's reads can overlap
