@@ -9,9 +9,12 @@ Retries are ours, not botocore's or s3fs's: one :class:`RetryPolicy` repeats a w
 request, a GET together with reading and checking its body (botocore cannot retry a
 body cut short after the headers arrived), with the configured cap on the backoff
 (botocore's is fixed at 20 s), and with exactly ``retries + 1`` attempts (s3fs's
-wrapper would multiply botocore's). botocore runs in "adaptive" mode with a single
-attempt per call: its client-side rate limiter still sees every throttling reply and
-slows all requests of the client while the store keeps answering SlowDown.
+wrapper would multiply botocore's). botocore runs in "standard" mode with a single
+attempt per call. Not "adaptive": aiobotocore's client-side rate limiter waits on an
+asyncio Condition that cancellation can leave held, after which throttled requests
+stopped answering to their cancel scopes (a shard failed with "cannot wait on
+un-acquired lock" under fault injection, and 1,600 throttled reads under short cancel
+scopes never finished; tests/test_s3_throttling.py).
 """
 
 from __future__ import annotations
@@ -377,7 +380,7 @@ class S3Store(Store):
             endpoint_url=endpoint_url,
             config_kwargs={
                 # One attempt per botocore call; see the module docstring.
-                "retries": {"total_max_attempts": 1, "mode": "adaptive"},
+                "retries": {"total_max_attempts": 1, "mode": "standard"},
                 # botocore's 10 would queue a sparse run's shards at their waits (engine.STORE_WAITS: 32 at
                 # the default concurrency) behind one another's connections.
                 "max_pool_connections": 64,
