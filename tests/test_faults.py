@@ -186,7 +186,7 @@ def test_faults_past_the_retry_limit_fail_only_their_shard(
     blocklist = write_list(tmp_path / "list.txt", listed)
     s3_proxy.schedule(seed=3)
     s3_proxy.rules = [
-        # Transient, but it never ends. (Not SlowDown: botocore's adaptive limiter would slow the whole run.)
+        # Transient, but it never ends.
         Rule("GetObject", "in/unavailable.parquet", "unavailable"),
         Rule("GetObject", "in/denied.parquet", "denied"),  # not transient: no retry
         Rule("CompleteMultipartUpload", "out/unfinished.parquet", "internal"),
