@@ -64,7 +64,7 @@ def filter_shard(files: ShardFiles, tools: ShardTools) -> Counts:
                 table = shard.whole(i, tools.decode_threads) if whole else shard.read(i, keys, tools.decode_threads)
                 keep = rule.keep_mask(table, name)
             _write(shard, writes, counts, tools, i, table, keep, whole, columns)
-            del table, keep  # free this row group before the next one is decoded: one, not two, in memory
+            del table, keep  # free this row group before the next one is decoded (a write behind holds one more)
         writes.finish()
     finally:
         writes.close()

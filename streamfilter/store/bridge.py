@@ -132,7 +132,7 @@ class RangeFile(io.RawIOBase):
         """``[start, end)`` from the longest fetched piece of it this file holds (see :data:`REUSE_BYTES`) and
         requests for the rest; None if no piece is worth it. Only finished fetches count: one still in
         flight may yet be cancelled with its generation."""
-        best: tuple[int, int] | None = None
+        best: tuple[int, int, int, Future[bytes]] | None = None
         for generation in self._generations:
             for s, e, fut in generation:
                 lo, hi = max(s, start), min(e, end)
@@ -140,12 +140,12 @@ class RangeFile(io.RawIOBase):
                     continue
                 worth = lo == start or hi == end or hi - lo >= REUSE_BYTES
                 if worth and (best is None or hi - lo > best[1] - best[0]):
-                    best = (lo, hi)
+                    best = (lo, hi, s, fut)
         if best is None:
             return None
-        lo, hi = best
-        held = self._covering(lo, hi)
-        assert held is not None
+        lo, hi, s, fut = best
+        held: Future[bytes] = Future()
+        held.set_result(fut.result()[lo - s : hi - s])  # its own bytes: the fetch may go with its generation
         pieces = [self._fetch(start, lo)] if start < lo else []
         pieces.append(held)
         if hi < end:
