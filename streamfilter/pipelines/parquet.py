@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import pyarrow as pa
@@ -125,14 +124,10 @@ class WriteBehind:
             pending.result()
 
     def close(self) -> None:
-        """Wait for the write in flight, if any (its failure is dropped: the shard fails with the one raised
-        already), and end the thread: nothing writes to the output after this returns."""
-        try:
-            if self._pending is not None:
-                futures.wait([self._pending])
-        finally:
-            if self._thread is not None:
-                self._thread.shutdown(wait=True)
+        """End the thread once the write in flight, if any, is done (its failure is dropped: the shard fails
+        with the one raised already): nothing writes to the output after this returns."""
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
 
 
 #: Where scan_shard leaves the row group it stopped at (index, decoded keys, keep mask) for the rewrite.
