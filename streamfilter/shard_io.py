@@ -138,7 +138,7 @@ async def rewrite(
     assert shard.output is not None
     out_store = ctx.stores.for_uri(shard.output)
     async with out_store.open_write(shard.output) as upload:
-        files.sink = sink = PartSink(upload, out_store.part_size, ctx.portal)
+        files.sink = sink = PartSink(upload, out_store.part_size, ctx.portal, out_store.single_request_bytes)
         counts = await anyio.to_thread.run_sync((tools or ctx.tools).run, pipeline, files)
         if before_commit is not None:
             await before_commit()

@@ -62,6 +62,13 @@ RATES = {"slowdown": 0.04, "reset": 0.06, "truncate": 0.08, "delay": 0.10}
 RETRIES, MAX_SLEEP = 8, 0.05
 
 
+@pytest.fixture(autouse=True)
+def multipart_outputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every output over one part is a multipart upload, as a larger shard's is: the faults of its create,
+    parts and completion are what these tests inject (S3Store sends an output under two parts whole)."""
+    monkeypatch.setattr(S3Store, "single_request_bytes", 0)
+
+
 @pytest.fixture
 def s3_proxy(s3_endpoint: str) -> Iterator[FaultProxy]:
     """A fault proxy in front of the session's moto server, with no faults until a test sets them."""

@@ -39,6 +39,8 @@ from helpers import (
 from test_img2dataset import check_set, make_set
 from wds_helpers import drop_listed, make_shard, reference_tar
 
+from streamfilter.store.s3 import S3Store
+
 #: A run that takes longer than this has hung (a healthy one takes seconds).
 RUN_TIMEOUT = 240
 
@@ -83,11 +85,13 @@ def jsonl_bytes(urls: list[str]) -> bytes:
 def put_formats(client, bucket: str, tmp_path: Path) -> tuple[dict[str, bytes], set[str]]:
     """Under ``in/``: a Parquet shard big enough for a multipart output and a clean one, a JSON Lines
     shard with hits and a clean one, a WebDataset tar with hits; the listed keys."""
-    big = pa.table({"url": random_strings(150_000, 32, seed=5), "id": pa.array(range(150_000), pa.int64())})
+    # About 18 MB: its output is over S3Store.single_request_bytes, so a multipart upload.
+    big = pa.table({"url": random_strings(240_000, 32, seed=5), "id": pa.array(range(240_000), pa.int64())})
     inputs = {
         "big.parquet": put_table(client, bucket, "in/big.parquet", big, compression="none", use_dictionary=False),
         "clean.parquet": put_table(client, bucket, "in/clean.parquet", shard_table(2000, start=10**6, seed=6)),
     }
+    assert len(inputs["big.parquet"]) > S3Store.single_request_bytes + 1024 * 1024
     listed = set(sample(big["url"], 499, offset=7))
     urls = [f"https://jsonl.example/{i}" for i in range(300)]
     listed |= set(urls[::17])

@@ -335,6 +335,7 @@ def test_a_rewritten_shard_waits_for_its_commit_outside_its_slots(
     from helpers import put_listed_shards, serve
 
     monkeypatch.setattr(S3Store, "part_size", 5 * 1024 * 1024)  # these outputs are multipart uploads
+    monkeypatch.setattr(S3Store, "single_request_bytes", 0)
     inputs, listed = put_listed_shards(s3_client, bucket, 4, 60_000, 101, row_group_size=20_000)
     assert all(len(data) > S3Store.part_size for data in inputs.values())
     proxy = FaultProxy(s3_endpoint)

@@ -96,6 +96,9 @@ class Store(abc.ABC):
 
     #: Parts handed to :meth:`Upload.write_part` have this size (S3 needs >= 5 MiB).
     part_size: int = 8 * 1024 * 1024
+    #: An output smaller than this is held and sent whole at commit, in one request; a larger one's first
+    #: part is this size. 0: ``part_size``.
+    single_request_bytes: int = 0
 
     @abc.abstractmethod
     async def stat(self, uri: str) -> ObjectInfo:
@@ -236,7 +239,7 @@ async def stream_copy(source: Store, src: ObjectInfo, target: Store, dst: str) -
     """Copy bytes as they are, part by part (no decoding), between any two stores; atomic at the target."""
     async with target.byte_copies or contextlib.nullcontext(), target.open_write(dst) as upload:
         pos = 0
-        while src.size - pos > target.part_size:
+        while src.size >= target.single_request_bytes and src.size - pos > target.part_size:
             await upload.write_part(await source.read_range(src.uri, pos, pos + target.part_size))
             pos += target.part_size
         return await upload.commit(await source.read_range(src.uri, pos, src.size))

@@ -199,13 +199,16 @@ def _joined(pieces: list[Future[bytes]]) -> Future[bytes]:
 class PartSink(io.RawIOBase):
     """A write-only file that cuts what it is given into parts for an :class:`Upload`.
 
-    ``write_part`` blocks this thread only while the upload already has its
-    maximum of parts in flight: that is the backpressure that bounds memory.
+    The first part is ``first_part`` bytes (at least ``part_size``): an output smaller is
+    held and sent whole by the commit, in one request. ``write_part`` blocks this thread
+    only while the upload already has its maximum of parts in flight: that is the
+    backpressure that bounds memory.
     """
 
-    def __init__(self, upload: PartWriter, part_size: int, portal: BlockingPortal) -> None:
+    def __init__(self, upload: PartWriter, part_size: int, portal: BlockingPortal, first_part: int = 0) -> None:
         super().__init__()
         self._upload, self._part_size, self._portal = upload, part_size, portal
+        self._next_part = max(part_size, first_part)
         self._buffer = bytearray()
         self.bytes_written = 0
 
@@ -216,21 +219,23 @@ class PartSink(io.RawIOBase):
         return self.bytes_written
 
     def write(self, data: bytes) -> int:  # type: ignore[override]
-        if not self._buffer and len(data) >= self._part_size:
+        self.bytes_written += len(data)
+        if not self._buffer and len(data) >= self._next_part:
             # A piece that is a whole part by itself (a large tar member) goes as it is: copying it
             # through the buffer twice was half of a tar shard's time (measured, 632 MB shards).
-            self.bytes_written += len(data)
-            part = data if isinstance(data, bytes) or self._upload.takes_views else bytes(data)
-            self._portal.call(self._upload.write_part, part)
+            self._send(data if isinstance(data, bytes) or self._upload.takes_views else bytes(data))
             return len(data)
         self._buffer += data
-        self.bytes_written += len(data)
-        if len(self._buffer) >= self._part_size:
-            # Parts may exceed part_size by one write: S3 only needs every part but the
+        if len(self._buffer) >= self._next_part:
+            # Parts may exceed their size by one write: S3 only needs every part but the
             # last to be >= 5 MiB, and handing the whole buffer over avoids a second copy.
             part, self._buffer = bytes(self._buffer), bytearray()
-            self._portal.call(self._upload.write_part, part)
+            self._send(part)
         return len(data)
+
+    def _send(self, part: bytes) -> None:
+        self._portal.call(self._upload.write_part, part)
+        self._next_part = self._part_size
 
     def remainder(self) -> bytes:
         """What is left after the last whole part: the upload's final, short part."""
