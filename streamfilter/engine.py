@@ -459,15 +459,16 @@ async def run_job(
             # Allow mode keeps what matches: a false match keeps a row that should have gone.
             rate = key_set.false_match_rate()
             report.false_matches_bound = rate * report.totals["rows_in"]
+        text = report.to_json().encode()  # once for both copies: for many shards it is large
         if plan.output_root is not None and not spec.dry_run:
             uri = worker_report_uri(plan.output_root, spec.worker_index, spec.num_workers)
             try:
-                await stores.for_uri(uri).put(uri, report.to_json().encode())
+                await stores.for_uri(uri).put(uri, text)
             except StreamfilterError as exc:
                 log.warning("the worker report was not written (%s); `streamfilter report` will miss it", exc)
         if spec.report:
             try:
-                await stores.for_uri(spec.report).put(spec.report, report.to_json().encode())
+                await stores.for_uri(spec.report).put(spec.report, text)
             except StreamfilterError as exc:
                 raise StreamfilterError(f"writing the report failed: {exc}") from exc
         if spec.manifest_out:
