@@ -99,7 +99,7 @@ def big_table() -> pa.Table:
         (5, 7, 2),  # a first part of 7 MiB, then the rest (under 5 MiB) as the last
     ],
 )
-def test_large_output_is_a_completed_multipart_upload(
+def test_an_output_goes_in_one_put_under_two_parts_else_in_parts(
     s3_endpoint,
     s3_client,
     bucket,
