@@ -530,3 +530,42 @@ def test_listed_and_stated_times_are_the_stores(s3_endpoint, s3_client, bucket, 
     assert listed == expected
     assert stated == {uri: int(t) for uri, t in expected.items()}  # Last-Modified has whole seconds
     assert len(parsed) >= 6  # the client reads its replies' times with streamfilter's parser, not dateutil
+
+
+@pytest.mark.parametrize("app_id", [None, "relaion-cleanup"])
+def test_requests_name_streamfilter_in_their_user_agent(monkeypatch: pytest.MonkeyPatch, app_id: str | None) -> None:
+    """Every S3 request says it is streamfilter's (a bucket's access log then shows the removal's
+    requests), with an AWS_SDK_UA_APP_ID kept; seen by a real HTTP server, as botocore sent it."""
+    import anyio
+    from aiohttp import web
+    from helpers import serve
+
+    from streamfilter._version import __version__
+    from streamfilter.errors import ShardError
+
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    if app_id is None:
+        monkeypatch.delenv("AWS_SDK_UA_APP_ID", raising=False)
+    else:
+        monkeypatch.setenv("AWS_SDK_UA_APP_ID", app_id)
+    seen: list[str] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("User-Agent", ""))
+        return web.Response(status=404)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    with serve(app) as url:
+        store = S3Store(url)
+        with pytest.raises(ShardError):
+            anyio.run(store.stat, "s3://bucket/key.parquet")
+    assert seen, "no request reached the server"
+    for agent in seen:
+        assert agent.startswith(f"streamfilter/{__version__} aiobotocore/"), agent
+        assert (f"app/{app_id}" in agent) == (app_id is not None), agent

@@ -24,13 +24,16 @@ import email.utils
 import hashlib
 import logging
 import os
+import platform
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
+import aiobotocore
 import aiobotocore.session
 import aiohttp
 import anyio
+import botocore
 import botocore.utils
 import s3fs
 from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadError
@@ -38,6 +41,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from botocore.parsers import ResponseParserError
 from s3fs.errors import translate_boto_error
 
+from .._version import __version__
 from ..errors import ShardError, redact_uri
 from .base import ObjectInfo, Refused, RetryPolicy, ShortRead, Store, Upload, check_length, stream_copy
 
@@ -349,6 +353,25 @@ class S3Upload(Upload):
         await self._store.abort_upload(self.uri, upload_id)
 
 
+def user_agent() -> str:
+    """The User-Agent of streamfilter's S3 requests. It names the tool in the store's access logs (an
+    audit of a removal can find its requests), and, given whole, spares botocore building its own, from
+    a dozen sanitized parts, twice a request: 0.95 -> 0.80 ms of client CPU a ranged GET on s3rver, 1.14
+    -> 1.03 ms a small PUT (medians of 4 x 500; a whole sparse run, ~530 requests, showed no difference
+    through its noise). An app id (``AWS_SDK_UA_APP_ID``) is kept."""
+    parts = [
+        f"streamfilter/{__version__}",
+        f"aiobotocore/{aiobotocore.__version__}",
+        f"botocore/{botocore.__version__}",
+        f"Python/{platform.python_version()}",
+        f"{platform.system()}/{platform.release()}".replace(" ", "_"),
+    ]
+    app_id = os.environ.get("AWS_SDK_UA_APP_ID")
+    if app_id:
+        parts.append(f"app/{app_id}")
+    return " ".join(parts)
+
+
 #: S3's smallest part but the last.
 MIN_PART_BYTES = 5 * 1024 * 1024
 
@@ -388,6 +411,7 @@ class S3Store(Store):
                 # botocore's 10 would queue a sparse run's shards at their waits (engine.STORE_WAITS: 32 at
                 # the default concurrency) behind one another's connections.
                 "max_pool_connections": 64,
+                "user_agent": user_agent(),
                 # botocore sends CRC32 checksum headers on every upload, and asks for checksums on every GET,
                 # by default since 1.36; Backblaze B2, Qumulo and older Ceph and MinIO refuse those headers.
                 # Only where S3 requires them (as before 1.36), unless the environment says otherwise; it also
