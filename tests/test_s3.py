@@ -532,8 +532,12 @@ def test_listed_and_stated_times_are_the_stores(s3_endpoint, s3_client, bucket, 
     assert len(parsed) >= 6  # the client reads its replies' times with streamfilter's parser, not dateutil
 
 
-@pytest.mark.parametrize("app_id", [None, "relaion-cleanup"])
-def test_requests_name_streamfilter_in_their_user_agent(monkeypatch: pytest.MonkeyPatch, app_id: str | None) -> None:
+@pytest.mark.parametrize(
+    ("app_id", "shown"), [(None, None), ("relaion-cleanup", "app/relaion-cleanup"), ("team a\n", "app/team-a-")]
+)
+def test_requests_name_streamfilter_in_their_user_agent(
+    monkeypatch: pytest.MonkeyPatch, app_id: str | None, shown: str | None
+) -> None:
     """Every S3 request says it is streamfilter's (a bucket's access log then shows the removal's
     requests), with an AWS_SDK_UA_APP_ID kept; seen by a real HTTP server, as botocore sent it."""
     import anyio
@@ -561,11 +565,18 @@ def test_requests_name_streamfilter_in_their_user_agent(monkeypatch: pytest.Monk
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", record)
-    with serve(app) as url:
+
+    async def stat() -> None:
         store = S3Store(url)
-        with pytest.raises(ShardError):
-            anyio.run(store.stat, "s3://bucket/key.parquet")
+        try:
+            with pytest.raises(ShardError):
+                await store.stat("s3://bucket/key.parquet")
+        finally:
+            await store.aclose()
+
+    with serve(app) as url:
+        anyio.run(stat)
     assert seen, "no request reached the server"
     for agent in seen:
         assert agent.startswith(f"streamfilter/{__version__} aiobotocore/"), agent
-        assert (f"app/{app_id}" in agent) == (app_id is not None), agent
+        assert f" {shown} " in f"{agent} " if shown else "app/" not in agent, agent
