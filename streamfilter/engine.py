@@ -459,8 +459,10 @@ async def run_job(
             # Allow mode keeps what matches: a false match keeps a row that should have gone.
             rate = key_set.false_match_rate()
             report.false_matches_bound = rate * report.totals["rows_in"]
-        text = report.to_json().encode()  # once for both copies: for many shards it is large
-        if plan.output_root is not None and not spec.dry_run:
+        worker_report = plan.output_root is not None and not spec.dry_run
+        # Built once for both copies, and only if one is written: for many shards it is large.
+        text = report.to_json().encode() if worker_report or spec.report else b""
+        if worker_report:
             uri = worker_report_uri(plan.output_root, spec.worker_index, spec.num_workers)
             try:
                 await stores.for_uri(uri).put(uri, text)
